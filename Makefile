@@ -1,0 +1,56 @@
+# Spellbook. `make help` lists the targets.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_DB := data/demo.db
+PORT ?= 8001
+CHROMIUM := /usr/bin/chromium
+# pip's own cap on this machine keeps torch at the pair that lies on disk; the pins in pyproject say the same.
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.DEFAULT_GOAL := help
+.PHONY: help install install-serve demo demo-db serve test browser-deps bench bench-ingest bench-search clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+$(VENV)/.installed-serve: pyproject.toml | $(BIN)/python
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.installed-all: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[clip,runner,test]'
+	touch $@ $(VENV)/.installed-serve
+
+install-serve: $(VENV)/.installed-serve ## Install what serving and ingest need (no torch) into .venv
+
+install: $(VENV)/.installed-all ## Install everything into .venv, extras included (CLIP, runner, tests)
+
+$(DEMO_DB): $(VENV)/.installed-serve $(wildcard data/laion/*.parquet data/laion/*.csv data/prompts/*) ingest/*.py ingest/readers/*.py
+	$(BIN)/python -m ingest.demo $(DEMO_DB)
+
+demo-db: $(DEMO_DB) ## Build data/demo.db from the bundled real samples
+
+demo: $(DEMO_DB) ## Install, build the demo database and serve it on http://127.0.0.1:8001
+	$(BIN)/spellbook serve $(DEMO_DB) --port $(PORT)
+
+browser-deps: ## Debian's Chromium for the browser tests (installed when running as root)
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver fonts-dejavu-core >/dev/null; \
+	  else echo "Chromium is missing and this is not root: the browser tests will be skipped"; fi; \
+	fi
+
+test: install browser-deps ## Install everything and run the whole test suite
+	$(BIN)/python -m pytest -p no:cacheprovider -q
+
+bench: install ## Run the benchmarks (1M rows by default; ROWS=12096835 for full size)
+	$(BIN)/python bench/ingest.py $(if $(ROWS),--rows $(ROWS))
+	$(BIN)/python bench/search.py $(if $(SEARCH_ROWS),--rows $(SEARCH_ROWS))
+
+clean: ## Remove the venv, the demo database and benchmark caches
+	rm -rf $(VENV) $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm bench/cache

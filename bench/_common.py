@@ -1,0 +1,62 @@
+"""Shared by the benchmarks: cached synthetic inputs, timed subprocesses, the RESULT line."""
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+CACHE = BENCH_DIR / "cache"
+BIN = Path(sys.executable).parent
+
+
+def synthetic(kind: str, rows: int, seed: int = 1) -> Path:
+    """bench/cache/<kind>-<rows>-<seed>.parquet, written by `spellbook synth` once and reused."""
+    CACHE.mkdir(exist_ok=True)
+    path = CACHE / f"{kind}-{rows}-{seed}.parquet"
+    if not path.exists():
+        partial = path.with_suffix(".partial")
+        started = time.perf_counter()
+        subprocess.run([str(BIN / "spellbook"), "synth", kind, str(partial), "--rows", str(rows), "--seed", str(seed)], check=True)
+        partial.rename(path)
+        print(f"# synthesised {path.name} in {time.perf_counter() - started:.1f}s", flush=True)
+    return path
+
+
+def timed(command: list[str], **kwargs) -> tuple[float, float, str]:
+    """Run a command; return (seconds, peak RSS in MB of that process, its output)."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{output}")
+    return seconds, usage.ru_maxrss / 1024, output
+
+
+def database_bytes(db: Path) -> int:
+    return sum(p.stat().st_size for p in db.parent.glob(db.name + "*") if p.is_file())
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def result_line(**figures) -> str:
+    parts = []
+    for name, value in figures.items():
+        parts.append(f"{name}={value:.3f}" if isinstance(value, float) else f"{name}={value}")
+    return "RESULT " + " ".join(parts)

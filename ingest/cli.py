@@ -1,0 +1,172 @@
+"""The `spellbook` command: a few lines per command, the work is in the library."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ingest import PROJECT_ROOT
+from ingest.records import InputError
+
+
+def _fail(error: Exception):
+    raise click.ClickException(str(error))
+
+
+@click.group()
+@click.version_option(package_name="spellbook")
+def cli():
+    """Spellbook: what went into AI image generators, and what people type into them.
+
+    \b
+    Example:
+        spellbook ingest laion spellbook.db improved_aesthetics_6plus/
+        spellbook serve spellbook.db
+    """
+
+
+@cli.group()
+def ingest():
+    """Read source files into a Spellbook database (created if missing)."""
+
+
+@ingest.command("laion")
+@click.argument("db", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--min-aesthetic", type=float, default=None, help="Skip rows whose aesthetic score is below this.")
+@click.option("--batch-size", type=click.IntRange(1, 1_000_000), default=50_000, show_default=True, help="Rows per transaction.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on when stderr is a terminal).")
+def ingest_laion(db, paths, min_aesthetic, batch_size, progress):
+    """Ingest LAION(-Aesthetics) parquet files, or folders of them.
+
+    Reads the V1 schema (aesthetic), the V2 schema (AESTHETIC_SCORE) and URL+TEXT files.
+    Re-running is safe: rows already present are counted, not duplicated, and an
+    interrupted ingest resumes where it stopped.
+
+    \b
+    Example:
+        spellbook ingest laion spellbook.db improved_aesthetics_6plus/ --min-aesthetic 6.5
+    """
+    from ingest.load import ingest_training_files
+
+    show = sys.stderr.isatty() if progress is None else progress
+    try:
+        summary = ingest_training_files(db, paths, min_aesthetic=min_aesthetic, batch_size=batch_size, progress=show)
+    except InputError as error:
+        _fail(error)
+    click.echo(summary.report())
+    if summary.failed:
+        sys.exit(1)
+
+
+@ingest.command("prompts")
+@click.argument("db", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--format",
+    "source_format",
+    type=click.Choice(["diffusiondb-parquet", "diffusiondb-json", "diffusiondb-csv", "lexica-json", "krea-csv", "i2p-csv", "image-metadata"]),
+    default=None,
+    help="Source format (detected when not given).",
+)
+@click.option("--batch-size", type=click.IntRange(1, 1_000_000), default=50_000, show_default=True, help="Rows per transaction.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on when stderr is a terminal).")
+def ingest_prompts(db, paths, source_format, batch_size, progress):
+    """Ingest prompt corpora: DiffusionDB, Lexica, Krea open-prompts, I2P, or a folder of images.
+
+    \b
+    Example:
+        spellbook ingest prompts spellbook.db metadata.parquet
+        spellbook ingest prompts spellbook.db lexica.json --format lexica-json
+        spellbook ingest prompts spellbook.db ~/Pictures/sd-outputs/
+    """
+    from ingest.load import ingest_prompt_files
+
+    show = sys.stderr.isatty() if progress is None else progress
+    try:
+        summary = ingest_prompt_files(db, paths, source_format=source_format, batch_size=batch_size, progress=show)
+    except InputError as error:
+        _fail(error)
+    click.echo(summary.report())
+    if summary.failed:
+        sys.exit(1)
+
+
+@cli.group()
+def synth():
+    """Write clearly labelled synthetic data, for tests and benchmarks at scale."""
+
+
+@synth.command("laion")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--rows", type=click.IntRange(1), default=1_000_000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def synth_laion(out, rows, seed):
+    """Synthetic LAION-Aesthetics V2 parquet whose distributions follow the real samples.
+
+    \b
+    Example:
+        spellbook synth laion synthetic-6plus.parquet --rows 12096835 --seed 1
+    """
+    from ingest.synth import synth_laion as write
+
+    write(out, rows=rows, seed=seed)
+    click.echo(f"wrote {rows:,} synthetic LAION-Aesthetics V2 rows to {out}")
+
+
+@synth.command("prompts")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--rows", type=click.IntRange(1), default=2_000_000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def synth_prompts(out, rows, seed):
+    """Synthetic DiffusionDB metadata.parquet rows built from real prompt structure.
+
+    \b
+    Example:
+        spellbook synth prompts synthetic-diffusiondb.parquet --rows 2000000
+    """
+    from ingest.synth import synth_prompts as write
+
+    write(out, rows=rows, seed=seed)
+    click.echo(f"wrote {rows:,} synthetic DiffusionDB-shaped rows to {out}")
+
+
+@cli.command()
+@click.argument("db", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8001, show_default=True)
+@click.option("--metadata", "metadata_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Datasette metadata (default: the project's metadata.yml).")
+def serve(db, host, port, metadata_path):
+    """Serve a Spellbook database read-only in Datasette, with Spellbook's pages.
+
+    \b
+    Example:
+        spellbook serve spellbook.db --port 8001
+    """
+    import os
+
+    args = datasette_args(db, metadata_path) + ["--host", host, "--port", str(port)]
+    os.execvp(sys.executable, [sys.executable, "-m", "datasette", *args])
+
+
+def datasette_args(db: Path, metadata_path: Path | None = None) -> list[str]:
+    """The `datasette serve` arguments that make a database a Spellbook site."""
+    metadata_path = metadata_path or PROJECT_ROOT / "metadata.yml"
+    return [
+        "serve",
+        "--immutable",
+        str(db),
+        "--metadata",
+        str(metadata_path),
+        "--plugins-dir",
+        str(PROJECT_ROOT / "plugins"),
+        "--template-dir",
+        str(PROJECT_ROOT / "templates"),
+        "--static",
+        f"spellbook-static:{PROJECT_ROOT / 'plugins' / 'static'}",
+    ]
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,236 @@
+"""The one place that says what Spellbook's tables are.
+
+Every schema change is a numbered migration; PRAGMA user_version records how far a file has come,
+so opening an old database upgrades it and opening a current one does nothing.
+"""
+from __future__ import annotations
+
+# FTS5 folds case and diacritics ("Stalenhag" finds "Stålenhag"); detail=full keeps phrase queries.
+# columnsize=0 saves ~10 bytes a row; bm25 then re-tokenizes the rows it ranks (at most RANK_LIMIT).
+FTS_TOKENIZE = "unicode61 remove_diacritics 2"
+
+TRAINING_TABLE = "training_images"
+TRAINING_FTS = "training_images_fts"
+TRAINING_FTS_VOCAB = "training_images_fts_vocab"  # per-term document counts, for estimates
+# Unique indexes on the stable keys. Ingest drops them while it loads (it dedupes in memory:
+# random inserts into this index cost more than the row itself) and builds them again at the end.
+TRAINING_KEY_INDEX = "idx_training_images_key"
+GENERATIONS_KEY_INDEX = "idx_generations_key"
+KEY_INDEXES = {"training_images": TRAINING_KEY_INDEX, "generations": GENERATIONS_KEY_INDEX}
+
+GENERATIONS_TABLE = "generations"
+GENERATIONS_FTS = "generations_fts"
+GENERATIONS_FTS_VOCAB = "generations_fts_vocab"
+
+# Columns of training_images that come from a reader (ingest.records.TRAINING_IMAGE_SCHEMA) in order.
+TRAINING_COLUMNS = [
+    "key",
+    "url",
+    "caption",
+    "width",
+    "height",
+    "similarity",
+    "punsafe",
+    "pwatermark",
+    "aesthetic_score",
+    "hash",
+    "language",
+    "domain_id",
+    "dataset_id",
+]
+
+GENERATION_COLUMNS = [
+    "key",
+    "source",
+    "source_id",
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "steps",
+    "cfg",
+    "sampler",
+    "sampler_original",
+    "width",
+    "height",
+    "model",
+    "image_url",
+    "image_path",
+    "user_hash",
+    "created_at",
+    "image_nsfw",
+    "prompt_nsfw",
+    "is_grid",
+    "dataset_id",
+]
+
+
+def _execute_script(conn, script: str) -> None:
+    """Run statements one by one: executescript() would COMMIT the migration's open transaction."""
+    from ingest.db import sqlite3
+
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            conn.execute(statement)
+            statement = ""
+    if statement.strip():
+        raise ValueError(f"incomplete SQL statement in migration: {statement!r}")
+
+
+def _migration_1_training_side(conn):
+    _execute_script(
+        conn,
+        f"""
+        CREATE TABLE datasets (
+            id INTEGER PRIMARY KEY,
+            file_name TEXT NOT NULL,
+            sha256 TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL,                 -- 'training' or 'prompts'
+            schema_version TEXT NOT NULL,       -- 'laion-aesthetics-v2', 'diffusiondb-parquet', ...
+            synthetic INTEGER NOT NULL DEFAULT 0,
+            row_count INTEGER,                  -- rows in the file, where the format says
+            rows_read INTEGER NOT NULL DEFAULT 0,  -- how far a possibly interrupted ingest got
+            inserted INTEGER NOT NULL DEFAULT 0,
+            already_present INTEGER NOT NULL DEFAULT 0,
+            rejected INTEGER NOT NULL DEFAULT 0,
+            filtered INTEGER NOT NULL DEFAULT 0,
+            status TEXT NOT NULL,               -- 'loading' until the last batch commits, then 'complete'
+            ingested_at TEXT NOT NULL
+        );
+        CREATE TABLE domains (
+            id INTEGER PRIMARY KEY,
+            domain TEXT NOT NULL UNIQUE,        -- registered domain (eTLD+1), e.g. pinimg.com
+            image_count INTEGER NOT NULL DEFAULT 0
+        );
+        -- key is the stable id: derived from (url, caption) alone, so the same pair in two files is
+        -- one row, re-ingesting is a no-op, and /-/image/KEY links survive any rebuild.
+        -- id is this database's row number, in ingest order: the FTS rowid. Sequential rowids keep
+        -- pages full and FTS doclists small (hash rowids cost ~75 more bytes a row: bench/README.md).
+        CREATE TABLE {TRAINING_TABLE} (
+            id INTEGER PRIMARY KEY,
+            key INT NOT NULL,
+            url TEXT NOT NULL,
+            caption TEXT NOT NULL,
+            width INTEGER,
+            height INTEGER,
+            similarity REAL,
+            punsafe REAL,
+            pwatermark REAL,
+            aesthetic_score REAL,
+            hash INTEGER,
+            language TEXT,
+            domain_id INTEGER REFERENCES domains(id),
+            dataset_id INTEGER REFERENCES datasets(id)
+        );
+        CREATE UNIQUE INDEX {TRAINING_KEY_INDEX} ON {TRAINING_TABLE}(key);
+        -- No index on domain_id: domains.image_count answers the counts, and an index would cost
+        -- ~17 bytes a row at 12M rows for browsing rare domains only.
+        CREATE VIRTUAL TABLE {TRAINING_FTS} USING fts5(
+            caption, content='{TRAINING_TABLE}', content_rowid='id', tokenize='{FTS_TOKENIZE}', columnsize=0
+        );
+        CREATE VIRTUAL TABLE {TRAINING_FTS_VOCAB} USING fts5vocab({TRAINING_FTS}, 'row');
+        """
+    )
+
+
+def _migration_2_prompt_side(conn):
+    _execute_script(
+        conn,
+        f"""
+        -- One row per generated image (or prompt) of a prompt corpus; NULL where the corpus does not say.
+        CREATE TABLE {GENERATIONS_TABLE} (
+            id INTEGER PRIMARY KEY,          -- row number in ingest order (the FTS rowid)
+            key INT NOT NULL,                -- stable: corpus + its own id (or the whole row when it has none)
+            source TEXT NOT NULL,            -- corpus: diffusiondb, lexica, krea, i2p, image-metadata
+            source_id TEXT,
+            prompt TEXT NOT NULL,
+            negative_prompt TEXT,
+            seed INTEGER,                    -- full uint32 range (and 64-bit for ComfyUI/Fooocus images)
+            steps INTEGER,
+            cfg REAL,                        -- never clamped: 255 and 500 are real values
+            sampler TEXT,                    -- canonical (k_lms, k_euler_ancestral...); see ingest/samplers.py
+            sampler_original TEXT,           -- as the corpus wrote it ("8", "k_lms", "Euler a")
+            width INTEGER,
+            height INTEGER,
+            model TEXT,
+            image_url TEXT,
+            image_path TEXT,
+            user_hash TEXT,
+            created_at TEXT,                 -- ISO 8601 UTC
+            image_nsfw REAL,
+            prompt_nsfw REAL,
+            is_grid INTEGER,
+            dataset_id INTEGER REFERENCES datasets(id)
+        );
+        CREATE UNIQUE INDEX {GENERATIONS_KEY_INDEX} ON {GENERATIONS_TABLE}(key);
+        CREATE INDEX idx_generations_created_at ON {GENERATIONS_TABLE}(created_at);
+        CREATE VIRTUAL TABLE {GENERATIONS_FTS} USING fts5(
+            prompt, content='{GENERATIONS_TABLE}', content_rowid='id', tokenize='{FTS_TOKENIZE}'
+        );
+        CREATE VIRTUAL TABLE {GENERATIONS_FTS_VOCAB} USING fts5vocab({GENERATIONS_FTS}, 'row');
+
+        -- Style keywords ("spells"): modifiers and artists, as ingest/keywords.py extracts them.
+        CREATE TABLE keywords (
+            id INTEGER PRIMARY KEY,
+            keyword TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL,              -- 'artist' or 'modifier'
+            prompt_count INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX idx_keywords_kind_count ON keywords(kind, prompt_count);
+        CREATE TABLE generation_keywords (
+            keyword_id INTEGER NOT NULL REFERENCES keywords(id),
+            generation_id INTEGER NOT NULL REFERENCES {GENERATIONS_TABLE}(id),
+            PRIMARY KEY (keyword_id, generation_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX idx_generation_keywords_generation ON generation_keywords(generation_id, keyword_id);
+        -- Precomputed at ingest, for the per-day charts: uses of each keyword, and all prompts, per UTC day.
+        CREATE TABLE keyword_days (
+            keyword_id INTEGER NOT NULL REFERENCES keywords(id),
+            day TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            PRIMARY KEY (keyword_id, day)
+        ) WITHOUT ROWID;
+        CREATE TABLE prompt_days (
+            day TEXT PRIMARY KEY,
+            count INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        -- Precomputed after each ingest: how often each artist appears on both sides.
+        CREATE TABLE artists (
+            name TEXT PRIMARY KEY,           -- lower-cased canonical name
+            keyword_id INTEGER REFERENCES keywords(id),
+            training_count INTEGER NOT NULL DEFAULT 0,
+            prompt_count INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX idx_artists_training ON artists(training_count);
+        CREATE INDEX idx_artists_prompts ON artists(prompt_count);
+        """,
+    )
+
+
+MIGRATIONS = [_migration_1_training_side, _migration_2_prompt_side]
+
+
+def schema_version(conn) -> int:
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def ensure_schema(conn) -> None:
+    """Create or upgrade the schema; each migration commits with its version number or not at all."""
+    current = schema_version(conn)
+    for number, migration in enumerate(MIGRATIONS, start=1):
+        if number <= current:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            migration(conn)
+            conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def is_spellbook_database(conn) -> bool:
+    names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return TRAINING_TABLE in names

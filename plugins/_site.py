@@ -1,0 +1,41 @@
+"""What every Spellbook page needs to know: which database is the Spellbook one, and its settings.
+
+Not a plugin itself (it implements no hook); the plugin files import it.
+"""
+from __future__ import annotations
+
+from datasette.utils.asgi import NotFound
+
+DEFAULTS = {
+    "punsafe_blur_threshold": 0.5,  # tiles at or over this predicted-unsafe score are blurred until clicked
+    "page_size": 100,
+}
+
+
+def config(datasette) -> dict:
+    settings = dict(DEFAULTS)
+    settings.update(datasette.plugin_config("spellbook") or {})
+    return settings
+
+
+async def spellbook_database(datasette, table: str = "training_images"):
+    """The first attached database that holds `table` (a site may serve other databases beside it)."""
+    wanted = config(datasette).get("database")
+    for name, database in datasette.databases.items():
+        if name == "_internal" or (wanted and name != wanted):
+            continue
+        if await database.table_exists(table):
+            return database
+    raise NotFound(f"No Spellbook database with a {table} table is attached")
+
+
+def query_arg(request, name: str, default: str = "") -> str:
+    return (request.args.get(name) or default).strip()
+
+
+def int_arg(request, name: str, default: int, low: int, high: int) -> int:
+    try:
+        value = int(request.args.get(name, default))
+    except ValueError:
+        return default
+    return max(low, min(high, value))

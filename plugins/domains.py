@@ -1,0 +1,46 @@
+"""Which websites the images were scraped from: /-/domains?q=... and its .json twin."""
+from __future__ import annotations
+
+from datasette import hookimpl
+from datasette.utils.asgi import Response
+
+from ingest.search import domain_breakdown
+from plugins._site import int_arg, query_arg, spellbook_database
+
+
+def with_shares(breakdown: dict) -> list[dict]:
+    """Bars for the chart: each top domain, then "other"; share is percent of the total,
+    width is percent of the longest named bar, so a long tail of "other" does not squash the chart
+    (its own bar is capped at full width)."""
+    items = list(breakdown["domains"])
+    if breakdown["other"]:
+        items.append({"domain": None, "count": breakdown["other"]})
+    total = sum(item["count"] for item in items) or 1
+    longest = max((item["count"] for item in breakdown["domains"]), default=0) or 1
+    return [dict(item, share=100.0 * item["count"] / total, width=min(100.0, 100.0 * item["count"] / longest)) for item in items]
+
+
+async def domains_view(datasette, request):
+    q = query_arg(request, "q") or None
+    top = int_arg(request, "top", 20, 1, 200)
+    database = await spellbook_database(datasette)
+    breakdown = await database.execute_fn(lambda conn: domain_breakdown(conn, q, top=top))
+    if request.url_vars.get("format") == "json":
+        return Response.json(breakdown)
+    return Response.html(
+        await datasette.render_template(
+            "spellbook_domains.html",
+            {"q": q, "breakdown": breakdown, "bars": with_shares(breakdown), "database": database.name},
+            request=request,
+        )
+    )
+
+
+@hookimpl
+def register_routes():
+    return [(r"^/-/domains(\.(?P<format>json))?$", domains_view)]
+
+
+@hookimpl
+def prepare_jinja2_environment(env):
+    env.filters["domain_bars"] = with_shares

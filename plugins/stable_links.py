@@ -1,0 +1,25 @@
+"""Links that survive a rebuild: /-/image/KEY redirects to that image's row page.
+
+Row ids follow ingest order, so they differ between two databases built from the same files in
+another order; the key is derived from (url, caption) alone and is the same everywhere.
+"""
+from __future__ import annotations
+
+from datasette import hookimpl
+from datasette.utils.asgi import NotFound, Response
+
+from plugins._site import spellbook_database
+
+
+async def image_by_key(datasette, request):
+    key = int(request.url_vars["key"])
+    database = await spellbook_database(datasette)
+    row = (await database.execute("SELECT id FROM training_images WHERE key = ?", [key])).first()
+    if row is None:
+        raise NotFound(f"No training image has key {key}")
+    return Response.redirect(datasette.urls.row(database.name, "training_images", str(row["id"])))
+
+
+@hookimpl
+def register_routes():
+    return [(r"^/-/image/(?P<key>-?\d{1,19})$", image_by_key)]

@@ -1,0 +1,46 @@
+// Spellbook: broken-image placeholders, click-to-reveal blurred tiles, copy buttons.
+(function () {
+  // An image that fails to load (hotlinked sites go away) shows its domain instead.
+  document.addEventListener("error", function (event) {
+    var img = event.target;
+    if (img && img.tagName === "IMG" && img.closest) {
+      var tile = img.closest(".sb-tile");
+      if (tile) tile.classList.add("sb-broken");
+    }
+  }, true);
+
+  document.addEventListener("click", function (event) {
+    var frame = event.target.closest && event.target.closest(".sb-blurred .sb-frame");
+    if (frame) {
+      event.preventDefault();
+      frame.closest(".sb-tile").classList.remove("sb-blurred");
+      return;
+    }
+    var button = event.target.closest && event.target.closest("[data-copy-target]");
+    if (button) {
+      var source = document.getElementById(button.getAttribute("data-copy-target"));
+      if (!source) return;
+      var text = source.textContent;
+      var done = function () { button.setAttribute("data-copied", "yes"); button.textContent = button.getAttribute("data-done-label") || "Copied"; };
+      if (navigator.clipboard && navigator.clipboard.writeText) {
+        navigator.clipboard.writeText(text).then(done, function () { fallbackCopy(text); done(); });
+      } else { fallbackCopy(text); done(); }
+    }
+  });
+
+  function fallbackCopy(text) {
+    var area = document.createElement("textarea");
+    area.value = text;
+    document.body.appendChild(area);
+    area.select();
+    document.execCommand("copy");
+    document.body.removeChild(area);
+  }
+
+  // Images that failed before this script ran.
+  document.querySelectorAll(".sb-tile img").forEach(function (img) {
+    if (img.complete && img.naturalWidth === 0 && img.getAttribute("src")) {
+      img.closest(".sb-tile").classList.add("sb-broken");
+    }
+  });
+})();

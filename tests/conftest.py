@@ -1,0 +1,167 @@
+"""Shared fixtures: small real databases built by the project's own ingest code in tmp_path."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from ingest import DATA_DIR, PROJECT_ROOT
+from ingest.demo import URL_TEXT, V1_SCHEMA, V2_SCHEMA, laion_rows_as_parquet
+from ingest.load import ingest_training_files
+
+V2_COLUMNS = pq.read_schema(V2_SCHEMA).remove_metadata()
+
+
+@pytest.fixture
+def v1_parquet(tmp_path) -> Path:
+    """The five real V1 rows in the exact laion2B-en-aesthetic schema."""
+    return laion_rows_as_parquet(tmp_path / "laion2B-en-aesthetic_part00000.parquet", V1_SCHEMA)
+
+
+@pytest.fixture
+def v2_parquet(tmp_path) -> Path:
+    """The same real rows in the improved_aesthetics_6plus (V2) schema."""
+    return laion_rows_as_parquet(tmp_path / "improved_aesthetics_6plus_part0.parquet", V2_SCHEMA)
+
+
+@pytest.fixture
+def url_text_parquet() -> Path:
+    return URL_TEXT
+
+
+def write_v2(path: Path, rows: list[dict]) -> Path:
+    """A V2-schema parquet file from a few rows (missing columns default to plausible values)."""
+    defaults = {
+        "WIDTH": 512.0,
+        "HEIGHT": 512.0,
+        "similarity": 0.31,
+        "punsafe": 0.01,
+        "pwatermark": 0.1,
+        "AESTHETIC_SCORE": 6.5,
+        "hash": 1,
+    }
+    columns = {}
+    for i, field in enumerate(V2_COLUMNS):
+        if field.name == "__index_level_0__":
+            columns[field.name] = pa.array(range(len(rows)), field.type)
+        else:
+            columns[field.name] = pa.array([row.get(field.name, defaults.get(field.name)) for row in rows], field.type)
+    pq.write_table(pa.table(columns, schema=V2_COLUMNS), path)
+    return path
+
+
+@pytest.fixture
+def training_db(tmp_path, v1_parquet, url_text_parquet) -> Path:
+    """Real rows (V1 + the 10,000 URL+TEXT rows) plus a few crafted ones for folding and domains."""
+    crafted = write_v2(
+        tmp_path / "crafted.parquet",
+        [
+            {"URL": "https://i.pinimg.com/originals/aa/bb/cc.jpg", "TEXT": "Tales from the Loop by Simon Stålenhag", "AESTHETIC_SCORE": 7.9, "WIDTH": 1200.0, "HEIGHT": 600.0},
+            {"URL": "https://s-media-cache-ak0.pinimg.com/736x/11/22.jpg", "TEXT": "Electric State, Simon Stalenhag painting", "AESTHETIC_SCORE": 7.1},
+            {"URL": "https://foo.blogspot.com/photo.jpg", "TEXT": "A foggy harbour, oil painting by Simon Stålenhag", "punsafe": 0.93},
+            {"URL": "https://bar.blogspot.com/x.png", "TEXT": "portrait of a cat in the style of Alphonse Mucha", "WIDTH": float("nan"), "HEIGHT": float("nan")},
+        ],
+    )
+    db = tmp_path / "spellbook.db"
+    summary = ingest_training_files(db, [v1_parquet, url_text_parquet, crafted])
+    assert not summary.failed, summary.report()
+    return db
+
+
+def spellbook_datasette(*db_paths: Path, metadata: dict | None = None):
+    """A Datasette configured exactly as `spellbook serve` configures it (see ingest.cli.datasette_args)."""
+    from datasette.app import Datasette
+
+    if metadata is None:
+        metadata = yaml.safe_load((PROJECT_ROOT / "metadata.yml").read_text())
+    return Datasette(
+        files=[],
+        immutables=[str(p) for p in db_paths],
+        metadata=metadata,
+        plugins_dir=str(PROJECT_ROOT / "plugins"),
+        template_dir=str(PROJECT_ROOT / "templates"),
+        static_mounts=[("spellbook-static", str(PROJECT_ROOT / "plugins" / "static"))],
+    )
+
+
+@pytest.fixture
+def datasette(training_db):
+    return spellbook_datasette(training_db)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`spellbook serve DB` running on a free loopback port, stopped at the end of the test."""
+
+    def __init__(self, db: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        spellbook = Path(sys.executable).parent / "spellbook"
+        self.process = subprocess.Popen(
+            [str(spellbook), "serve", str(db), "--port", str(self.port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError(self.process.stdout.read().decode())
+                time.sleep(0.2)
+        raise RuntimeError("spellbook serve did not start within 30 s")
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def served(training_db):
+    server = Server(training_db)
+    yield server
+    server.stop()
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def browser():
+    """Debian's Chromium driven by Playwright (no browser download: launched by its path)."""
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is missing in CI: `make test` installs it as root")
+        pytest.skip("Debian's chromium is not installed (make browser-deps)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
