@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from ingest import PROJECT_ROOT
 from ingest.records import InputError
 
 
@@ -146,26 +145,10 @@ def serve(db, host, port, metadata_path):
     """
     import os
 
+    from ingest.site import datasette_args
+
     args = datasette_args(db, metadata_path) + ["--host", host, "--port", str(port)]
     os.execvp(sys.executable, [sys.executable, "-m", "datasette", *args])
-
-
-def datasette_args(db: Path, metadata_path: Path | None = None) -> list[str]:
-    """The `datasette serve` arguments that make a database a Spellbook site."""
-    metadata_path = metadata_path or PROJECT_ROOT / "metadata.yml"
-    return [
-        "serve",
-        "--immutable",
-        str(db),
-        "--metadata",
-        str(metadata_path),
-        "--plugins-dir",
-        str(PROJECT_ROOT / "plugins"),
-        "--template-dir",
-        str(PROJECT_ROOT / "templates"),
-        "--static",
-        f"spellbook-static:{PROJECT_ROOT / 'plugins' / 'static'}",
-    ]
 
 
 if __name__ == "__main__":

@@ -13,13 +13,18 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ingest import DATA_DIR
-from ingest.load import ingest_training_files
+from ingest.load import ingest_prompt_files, ingest_training_files
 
 LAION = DATA_DIR / "laion"
 V1_HEAD5_CSV = LAION / "laion2B-en-aesthetic_part00000_head5_PARTIAL.csv"
 V1_SCHEMA = LAION / "laion2B-en-aesthetic_SCHEMA_ONLY_0rows.parquet"
 V2_SCHEMA = LAION / "improved_aesthetics_6plus_SCHEMA_ONLY_0rows.parquet"
 URL_TEXT = LAION / "laion_url_text_10000.parquet"
+PROMPTS = [
+    DATA_DIR / "prompts" / "diffusiondb_sample_metadata_schema.parquet",  # 1,000 real DiffusionDB rows (CC0)
+    DATA_DIR / "prompts" / "i2p_lowrisk_subset.csv",  # 136 real Lexica prompts from I2P (MIT)
+    DATA_DIR / "image_metadata",  # images carrying A1111 / ComfyUI / InvokeAI / Fooocus / NovelAI metadata (MIT)
+]
 
 
 def laion_rows_as_parquet(out: Path, schema_file: Path = V1_SCHEMA) -> Path:
@@ -51,8 +56,10 @@ def build_demo(out: Path) -> str:
         summary = ingest_training_files(partial, [v1, URL_TEXT])
     finally:
         v1.unlink(missing_ok=True)
-    if summary.failed:
-        raise SystemExit(summary.report())
+    prompts = ingest_prompt_files(partial, PROMPTS)
+    for part in (summary, prompts):
+        if part.failed:
+            raise SystemExit(part.report())
     from ingest.db import connect
 
     conn = connect(partial)
@@ -60,7 +67,7 @@ def build_demo(out: Path) -> str:
     conn.execute("PRAGMA journal_mode=DELETE")  # one self-contained file to serve --immutable
     conn.close()
     os.replace(partial, out)
-    return summary.report()
+    return summary.report() + "\n" + prompts.report()
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """Style keywords ("spells") in AI image prompts: the artists and the modifiers people add.
 
-    portrait of a knight, highly detailed, digital painting, artstation, concept art,
-    art by greg rutkowski and alphonse mucha, (masterpiece:1.2), 8 k
+    a portrait of a knight in shining armour riding through a misty forest, highly detailed,
+    digital painting, artstation, concept art, art by greg rutkowski and alphonse mucha,
+    (masterpiece:1.2), 8 k
 
 gives the modifiers "highly detailed", "digital painting", "artstation", "concept art",
-"masterpiece", "8 k" and the artists "greg rutkowski", "alphonse mucha"; the subject sentence
-("portrait of a knight") is not a keyword.
+"masterpiece", "8 k" and the artists "greg rutkowski", "alphonse mucha". Each piece between
+separators of at most six words is a modifier; the long subject sentence is not a keyword (a
+short one, "portrait of a knight", is: the rules cannot tell it from "oil painting of a ruin").
 
 Pure functions, no database: ``prompt_keywords(prompt)`` for one prompt, ``extract_many(prompts)``
 for a batch. Artists are recognised two ways: any name after "by" / "style of" (in or out of the
@@ -42,7 +44,7 @@ MAX_MODIFIER_WORDS = 6
 MAX_NAME_WORDS = 5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Keyword:
     text: str
     kind: str  # "artist" or "modifier"
@@ -148,7 +150,8 @@ portrait is are was were be being been has have had will can
 _CLAUSE_VERBS = frozenset("is are was were be being been has have had will can".split())
 
 # Words that belong with the artist name before them: "greg rutkowski style", "by X art".
-_AFTER_NAME = frozenset("art artwork artworks style styled inspired".split())
+# ("s": what is left of a possessive, "greg rutkowski's style" -> greg, rutkowski, s, style)
+_AFTER_NAME = frozenset("s art artwork artworks style styled inspired".split())
 # Words between an artist and the rest of a piece: "art by X", "in the style of X", "X style".
 _CONNECTORS = frozenset("by and & of in the style styled inspired after like from a la à".split())
 # A piece that is only these plus artists is an artist piece, not a modifier ("art by X").
@@ -160,10 +163,7 @@ directed written filmed produced composed taken
 
 # Single-word vocabulary entries that are ordinary words: only recognised after "by"/"style of",
 # never as a bare word ("bauhaus architecture", "a constant stream", "an artist").
-DEFAULT_ANYWHERE_DENY = frozenset({
-    "artist", "constant", "bourgeois", "bauhaus", "ino", "chippy", "naza", "puru", "derf",
-    "menez", "brom", "muqi", "christo",
-})
+DEFAULT_ANYWHERE_DENY = frozenset({"artist", "constant", "bourgeois", "bauhaus", "chippy"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,16 +283,24 @@ class ArtistVocabulary:
             if len(who) == 1:  # "George Barret" is Jr. or Sr.: ambiguous, left out
                 self._canonical[key] = next(iter(who))
 
-        scan: dict[str, set[int]] = {}
-        every: dict[str, set[int]] = {}
-        for key in self._canonical:
+        # first word -> (canonical if the word alone is a name, {second word: lengths of the
+        # longer names starting with these two words, longest first}). Deny-listed keys are
+        # left out: they are found after "by" only, through canonical().
+        index: dict[str, tuple[str | None, dict[str, set[int]]]] = {}
+        for key, canonical in self._canonical.items():
+            if key in self._deny:
+                continue
             words = key.split(" ")
-            every.setdefault(words[0], set()).add(len(words))
-            if key not in self._deny:
-                scan.setdefault(words[0], set()).add(len(words))
-        # first word -> name lengths (in words), longest first; deny-listed keys only in _all_first
-        self._all_first = {w: tuple(sorted(n, reverse=True)) for w, n in every.items()}
-        self._scan_first = {w: tuple(sorted(n, reverse=True)) for w, n in scan.items()}
+            single, seconds = index.get(words[0], (None, {}))
+            if len(words) == 1:
+                single = canonical
+            else:
+                seconds.setdefault(words[1], set()).add(len(words))
+            index[words[0]] = (single, seconds)
+        self._index = {
+            w: (single, {w2: tuple(sorted(n, reverse=True)) for w2, n in seconds.items()})
+            for w, (single, seconds) in index.items()
+        }
         self._piece_cache: dict[str, _Piece] = {}
 
     @classmethod
@@ -333,33 +341,37 @@ class ArtistVocabulary:
             keys = _key_tokens(" ".join(words))
         return [canonical for _, _, canonical in self._scan(keys)]
 
-    def _match_at(self, keys: Sequence[str], i: int, first: dict[str, tuple[int, ...]]):
-        """(length, canonical) of the longest vocabulary name starting at keys[i], or None."""
-        lengths = first.get(keys[i])
-        if lengths is None:
-            return None
-        n_keys = len(keys)
-        for n in lengths:
-            if i + n > n_keys:
-                continue
-            canonical = self._canonical.get(keys[i] if n == 1 else " ".join(keys[i:i + n]))
-            if canonical is not None:
-                return n, canonical
-        return None
-
     def _scan(self, keys: Sequence[str]) -> list[tuple[int, int, str]]:
-        """(start, end, canonical) for every vocabulary name in keys, leftmost-longest."""
+        """(start, end, canonical) for every vocabulary name in keys, leftmost-longest. A word
+        that starts no name costs one dict probe; one that does, a second probe on the next
+        word before any n-gram is joined."""
         found = []
-        first = self._scan_first
+        index = self._index
+        canonical_of = self._canonical
         i = 0
         n_keys = len(keys)
         while i < n_keys:
-            if keys[i] in first:
-                m = self._match_at(keys, i, first)
-                if m is not None:
-                    found.append((i, i + m[0], m[1]))
-                    i += m[0]
-                    continue
+            entry = index.get(keys[i])
+            if entry is None:
+                i += 1
+                continue
+            single, seconds = entry
+            if i + 1 < n_keys:
+                lengths = seconds.get(keys[i + 1])
+                if lengths is not None:
+                    for n in lengths:
+                        if i + n <= n_keys:
+                            canonical = canonical_of.get(" ".join(keys[i:i + n]))
+                            if canonical is not None:
+                                found.append((i, i + n, canonical))
+                                i += n
+                                break
+                    else:
+                        lengths = None
+                    if lengths is not None:
+                        continue
+            if single is not None:
+                found.append((i, i + 1, single))
             i += 1
         return found
 
@@ -434,8 +446,11 @@ def _normalise_text(s: str) -> str:
 
 def normalise_weights(prompt: str) -> str:
     """The prompt lower-cased with weight syntax removed: '((Masterpiece)), (knight:1.2),
-    [cat:dog:0.5], <lora:x:0.8>' -> 'masterpiece, knight, cat dog,'."""
-    return _normalise_text(_prepare(prompt))
+    [cat:dog:0.5], <lora:x:0.8>' -> 'masterpiece, knight, cat dog'."""
+    return _SPACE_BEFORE_RE.sub(r"\1", _normalise_text(_prepare(prompt)))
+
+
+_SPACE_BEFORE_RE = re.compile(r"\s+([,;|.])")
 
 
 def split_pieces(prompt: str) -> list[str]:
@@ -466,10 +481,13 @@ class _Piece:
         self.list_names = list_names  # as an item of such a list: "and X", "X and Y", "X & Y"
         self.name = name  # as an item of such a list, if an artist piece follows: "krenz cushart"
         # (dedupe key, keyword): merging str-keyed dicts is much faster than hashing Keywords
-        self.items = tuple((k.kind[0] + k.text, k) for k in keywords)
+        self.items = tuple([(k.kind[0] + k.text, k) for k in keywords])
 
 
 _EMPTY = _Piece(())
+
+
+_HYPHEN_RE = re.compile(r"(?<=\w)\s*-\s*(?=\w)")  # "cai guo - qiang" -> "cai guo-qiang"
 
 
 def _clean(text: str) -> str:
@@ -548,7 +566,13 @@ def _analyse(piece: str, vocab: ArtistVocabulary) -> _Piece:
     if not matches and "by" not in keys and "style" not in keys:
         # No artist (the common case): the piece is a modifier if short enough.
         return _modifier_piece(piece, keys, vocab)
-    spans = [m.span() for m in _TOKEN_RE.finditer(piece)]
+    spans: list[tuple[int, int]] = []  # character spans of the words, made when needed
+
+    def span_text(a: int, b: int) -> str:
+        """The piece's text from word a to word b (inclusive), punctuation inside kept."""
+        if not spans:
+            spans.extend(m.span() for m in _TOKEN_RE.finditer(piece))
+        return _clean(piece[spans[a][0]:spans[b][1]])
 
     # owner[j]: which vocabulary match word j belongs to (-1: none).
     owner = [-1] * n
@@ -576,7 +600,7 @@ def _analyse(piece: str, vocab: ArtistVocabulary) -> _Piece:
                     j += 1
                 if not _is_name(keys[i:j]) or (j < n and keys[j] in _CLAUSE_VERBS):
                     break  # "in the style of pencils are omitted ..." is a clause, not a name
-                text = _clean(piece[spans[i][0]:spans[j - 1][1]])
+                text = _HYPHEN_RE.sub("-", span_text(i, j - 1))
                 positioned.append((i, vocab.canonical(text) or text, ARTIST))
             last, i = j - 1, j
             if i + 1 < n and keys[i] in ("and", "&"):
@@ -617,7 +641,7 @@ def _analyse(piece: str, vocab: ArtistVocabulary) -> _Piece:
             left = keys[lo:hi + 1]
             if (left and len(left) <= MAX_MODIFIER_WORDS
                     and not all(k in _AUTHORSHIP for k in left)):
-                text = _clean(piece[spans[lo][0]:spans[hi][1]])
+                text = span_text(lo, hi)
                 if any(c.isalpha() for c in text):
                     positioned.append((lo, text, MODIFIER))
     positioned.sort(key=lambda t: t[0])
@@ -629,10 +653,11 @@ def _analyse(piece: str, vocab: ArtistVocabulary) -> _Piece:
 # Public API
 # --------------------------------------------------------------------------------------------
 
-_PIECE_CACHE_MAX = 500_000
+# Distinct pieces remembered per vocabulary, then all forgotten at once: about 100 MB at most.
+_PIECE_CACHE_MAX = 200_000
 
 
-@lru_cache(maxsize=100_000)
+@lru_cache(maxsize=50_000)
 def _extract(prompt: str, vocab: ArtistVocabulary) -> tuple[Keyword, ...]:
     cache = vocab._piece_cache
     get = cache.get
@@ -682,19 +707,20 @@ def prompt_keywords(prompt: str, artists: ArtistVocabulary | None = None) -> lis
     ``artists`` defaults to ``ArtistVocabulary.default()``; pass ``ArtistVocabulary([])`` for
     "by"-only artist detection.
     """
-    if not prompt:
-        return []
+    if not prompt or not isinstance(prompt, str):
+        return []  # None, "", NaN from a data frame
     return list(_extract(prompt, artists if artists is not None else _default_vocabulary()))
 
 
 def extract_many(prompts: Iterable[str | None],
                  artists: ArtistVocabulary | None = None) -> list[list[Keyword]]:
-    """prompt_keywords for each prompt (None/empty -> []), each distinct prompt worked out once."""
+    """prompt_keywords for each prompt (None, "" or NaN -> []), each distinct prompt worked out
+    once; the lists are independent (safe to modify)."""
     vocab = artists if artists is not None else _default_vocabulary()
     memo: dict[str, tuple[Keyword, ...]] = {}
     out = []
     for p in prompts:
-        if not p:
+        if not p or not isinstance(p, str):
             out.append([])
             continue
         kws = memo.get(p)

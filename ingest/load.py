@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from ingest import schema
 from ingest.db import connect
 from ingest.domains import registered_domains
-from ingest.records import InputError, ReadBatch, Rejection
+from ingest.records import InputError, Rejection
 
 _SHOWN_REJECTIONS = 20
 
@@ -252,8 +252,9 @@ CORPORA = {
     "i2p-csv": "i2p",
     "image-metadata": "image-metadata",
 }
-# Columns that identify a generation when its corpus gives it no id of its own.
-_IDENTITY = ["prompt", "negative_prompt", "seed", "steps", "cfg", "sampler_original", "width", "height", "model", "user_hash", "created_at"]
+# Columns that identify a generation when its corpus gives it no id of its own (the canonical
+# sampler, so that DiffusionDB's parquet (code 8) and its CSV export (k_lms) give the same rows).
+_IDENTITY = ["prompt", "negative_prompt", "seed", "steps", "cfg", "sampler", "width", "height", "model", "user_hash", "created_at"]
 _GENERATION_VALUES = [c for c in schema.GENERATION_COLUMNS if c not in ("key", "source", "dataset_id")]
 
 

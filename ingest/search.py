@@ -2,9 +2,10 @@
 
 Ranked FTS5 costs about a microsecond per matching row, and real captions are full of words that
 match most rows ("art", "of"). So: count the matches up to RANK_LIMIT first (cheap, no ranking);
-rank with bm25 only below that; above it, return the first matches in id order. Ids are hashes,
-so that order is a uniform random sample of the matches, which is also what the domain breakdown
-of a huge result uses (scaled, and marked as an estimate).
+rank with bm25 only below that. Above it, results come from windows spread evenly over the id
+range (FTS5 seeks to a rowid cheaply), so a file sorted by domain or date cannot skew what is
+shown; the domain breakdown of a huge result counts such a spread sample and scales it up
+(marked as an estimate).
 """
 from __future__ import annotations
 
@@ -13,11 +14,20 @@ from dataclasses import dataclass, field
 
 from markupsafe import Markup, escape
 
-from ingest.schema import TRAINING_FTS, TRAINING_FTS_VOCAB, TRAINING_TABLE
+from ingest.schema import (
+    GENERATIONS_FTS,
+    GENERATIONS_FTS_VOCAB,
+    GENERATIONS_TABLE,
+    TRAINING_FTS,
+    TRAINING_FTS_VOCAB,
+    TRAINING_TABLE,
+)
 
-RANK_LIMIT = 10_000  # rank by bm25 at most this many matches
+RANK_LIMIT = 5_000  # rank by bm25 at most this many matches (columnsize=0: bm25 re-tokenizes each, ~10 µs)
+WINDOWS = 50  # spread samples of huge results over this many id windows
+PREFIX_WINDOWS = 5  # fewer for prefixes: each window merges every matching term's doclist again
 COUNT_LIMIT = 100_000  # count exactly up to here; beyond, the count comes from a sample
-BREAKDOWN_SAMPLE = 100_000  # domain breakdown of bigger results: from this many matches, scaled
+BREAKDOWN_SAMPLE = 25_000  # domain breakdown of bigger results: from this many spread matches, scaled
 
 _MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"  # private-use characters: never in captions we show
 _TOKEN = re.compile(r'"([^"]*)"|(\S+)')
@@ -69,10 +79,43 @@ class SearchResult:
     rows: list[dict] = field(default_factory=list)
 
 
-def count_matches(conn, match: str, limit: int) -> int:
+@dataclass(frozen=True)
+class Corpus:
+    """A searchable table: its FTS index, the columns a result carries, and how to show its text."""
+
+    table: str
+    fts: str
+    vocab: str
+    text: str  # the indexed column, shown highlighted as text_html
+    url: str  # the column whose http(s) value becomes safe_url
+    columns: str
+    joins: str = ""
+
+
+TRAINING = Corpus(
+    TRAINING_TABLE,
+    TRAINING_FTS,
+    TRAINING_FTS_VOCAB,
+    "caption",
+    "url",
+    "t.id, t.key, t.url, t.caption, t.width, t.height, t.aesthetic_score, t.punsafe, t.pwatermark, t.similarity, d.domain AS domain",
+    "LEFT JOIN domains d ON d.id = t.domain_id",
+)
+PROMPTS = Corpus(
+    GENERATIONS_TABLE,
+    GENERATIONS_FTS,
+    GENERATIONS_FTS_VOCAB,
+    "prompt",
+    "image_url",
+    "t.id, t.source, t.prompt, t.negative_prompt, t.seed, t.steps, t.cfg, t.sampler, t.width, t.height, t.model, "
+    "t.image_url, t.image_nsfw, t.created_at, t.is_grid",
+)
+
+
+def count_matches(conn, match: str, limit: int, corpus: Corpus = TRAINING) -> int:
     """Matches up to limit (+1 beyond it), without ranking or touching the table."""
     return conn.execute(
-        f"SELECT count(*) FROM (SELECT rowid FROM {TRAINING_FTS} WHERE {TRAINING_FTS} MATCH ? LIMIT ?)",
+        f"SELECT count(*) FROM (SELECT rowid FROM {corpus.fts} WHERE {corpus.fts} MATCH ? LIMIT ?)",
         (match, limit + 1),
     ).fetchone()[0]
 
@@ -84,45 +127,84 @@ def _domain_id(conn, domain: str | None) -> int | None:
     return row[0] if row else -1
 
 
-_ROW_COLUMNS = (
-    "t.id, t.key, t.url, t.caption, t.width, t.height, t.aesthetic_score, t.punsafe, t.pwatermark, t.similarity, "
-    "d.domain AS domain"
-)
-
-
 def search_training(conn, q: str, limit: int = 100, offset: int = 0, domain: str | None = None) -> SearchResult:
-    """Top matches for q (bm25 where affordable), with highlighted captions."""
+    """Top caption matches for q (bm25 where affordable), optionally from one domain."""
     match = fts_query(q)
     domain_id = _domain_id(conn, domain)
     if match is None:
         return _browse(conn, q, limit, offset, domain_id)
-    domain_clause = " AND t.domain_id = :domain_id" if domain_id is not None else ""
-    params = {"match": match, "limit": limit, "offset": offset, "domain_id": domain_id}
     if domain_id is None:
-        matches = count_matches(conn, match, COUNT_LIMIT)
-    else:
+        return fts_page(conn, TRAINING, q, match, limit, offset)
+    return fts_page(conn, TRAINING, q, match, limit, offset, where="t.domain_id = :domain_id", params={"domain_id": domain_id})
+
+
+def search_prompts(conn, q: str, limit: int = 100, offset: int = 0) -> SearchResult:
+    """Top prompt matches for q; without words, the latest generations."""
+    match = fts_query(q)
+    if match is None:
+        sql = f"SELECT {PROMPTS.columns}, t.prompt AS highlighted FROM {PROMPTS.table} t ORDER BY t.id DESC LIMIT ? OFFSET ?"
+        rows = [_row_dict(PROMPTS, row, description) for row, description in _fetch(conn, sql, (limit, offset))]
+        total = conn.execute(f"SELECT coalesce(max(id), 0) FROM {PROMPTS.table}").fetchone()[0]
+        return SearchResult(query=q or "", total=total, total_exact=False, ranked=False, rows=rows)
+    return fts_page(conn, PROMPTS, q, match, limit, offset)
+
+
+def fts_page(conn, corpus: Corpus, q: str, match: str, limit: int, offset: int, where: str = "", params: dict | None = None) -> SearchResult:
+    """One page of matches: bm25-ranked up to RANK_LIMIT matches, else spread over the id range."""
+    params = {"match": match, "limit": limit, "offset": offset, **(params or {})}
+    condition = f" AND {where}" if where else ""
+    if where:
         matches = conn.execute(
-            f"""SELECT count(*) FROM (SELECT t.id FROM {TRAINING_FTS} f JOIN {TRAINING_TABLE} t ON t.id = f.rowid
-                WHERE {TRAINING_FTS} MATCH :match{domain_clause} LIMIT {COUNT_LIMIT + 1})""",
+            f"""SELECT count(*) FROM (SELECT t.id FROM {corpus.fts} f JOIN {corpus.table} t ON t.id = f.rowid
+                WHERE {corpus.fts} MATCH :match{condition} LIMIT {COUNT_LIMIT + 1})""",
             params,
         ).fetchone()[0]
+    elif _is_prefix(match):
+        # A prefix merges many terms' doclists: counting far is slow, so count only what ranking needs.
+        matches = count_matches(conn, match, RANK_LIMIT, corpus)
+        if matches > RANK_LIMIT:
+            matches = max(COUNT_LIMIT + 1, estimate_matches(conn, match, corpus))
+    else:
+        matches = count_matches(conn, match, COUNT_LIMIT, corpus)
     ranked = matches <= RANK_LIMIT
     total, exact = matches, matches <= COUNT_LIMIT
     if not exact:
-        total = estimate_matches(conn, match)
-    order = "ORDER BY f.rank" if ranked else ""
-    sql = f"""
-        SELECT {_ROW_COLUMNS},
-               highlight({TRAINING_FTS}, 0, '{_MARK_OPEN}', '{_MARK_CLOSE}') AS caption_highlighted
-        FROM {TRAINING_FTS} f
-        JOIN {TRAINING_TABLE} t ON t.id = f.rowid
-        LEFT JOIN domains d ON d.id = t.domain_id
-        WHERE {TRAINING_FTS} MATCH :match{domain_clause}
-        {order}
-        LIMIT :limit OFFSET :offset
+        total = estimate_matches(conn, match, corpus)
+    select = f"""
+        SELECT {corpus.columns}, highlight({corpus.fts}, 0, '{_MARK_OPEN}', '{_MARK_CLOSE}') AS highlighted
+        FROM {corpus.fts} f JOIN {corpus.table} t ON t.id = f.rowid {corpus.joins}
+        WHERE {corpus.fts} MATCH :match{condition}
     """
-    rows = [_row_dict(row, cursor_description) for row, cursor_description in _fetch(conn, sql, params)]
-    return SearchResult(query=q, total=total, total_exact=exact, ranked=ranked, rows=rows)
+    if ranked:
+        sql = select + " ORDER BY f.rank LIMIT :limit OFFSET :offset"
+        rows = [_row_dict(corpus, row, description) for row, description in _fetch(conn, sql, params)]
+        return SearchResult(query=q, total=total, total_exact=exact, ranked=True, rows=rows)
+    # A page of a huge result: the same number of matches from each of `windows` id windows.
+    windows = min(_windows(match), limit)
+    params.update(per_window=-(-limit // windows), skip=offset // windows)
+    sql = select + " AND f.rowid >= :start ORDER BY f.rowid LIMIT :per_window OFFSET :skip"
+    rows = []
+    for start in _window_starts(_max_id(conn, corpus), windows):
+        rows.extend(_row_dict(corpus, row, description) for row, description in _fetch(conn, sql, dict(params, start=start)))
+        if len(rows) >= limit:
+            break
+    return SearchResult(query=q, total=total, total_exact=exact, ranked=False, rows=rows[:limit])
+
+
+def _is_prefix(match: str) -> bool:
+    return match.endswith("*") or "* " in match
+
+
+def _windows(match: str) -> int:
+    return PREFIX_WINDOWS if _is_prefix(match) else WINDOWS
+
+
+def _max_id(conn, corpus: Corpus = TRAINING) -> int:
+    return conn.execute(f"SELECT coalesce(max(id), 0) FROM {corpus.table}").fetchone()[0]
+
+
+def _window_starts(max_id: int, windows: int = WINDOWS) -> list[int]:
+    return [1 + (max_id * i) // windows for i in range(windows)]
 
 
 def _browse(conn, q, limit, offset, domain_id) -> SearchResult:
@@ -134,12 +216,12 @@ def _browse(conn, q, limit, offset, domain_id) -> SearchResult:
         total = conn.execute("SELECT coalesce(sum(image_count), 0) FROM domains").fetchone()[0]
         where = ""
     sql = f"""
-        SELECT {_ROW_COLUMNS}, t.caption AS caption_highlighted
-        FROM {TRAINING_TABLE} t LEFT JOIN domains d ON d.id = t.domain_id
+        SELECT {TRAINING.columns}, t.caption AS highlighted
+        FROM {TRAINING_TABLE} t {TRAINING.joins}
         {where} ORDER BY t.id LIMIT :limit OFFSET :offset
     """
     params = {"limit": limit, "offset": offset, "domain_id": domain_id}
-    rows = [_row_dict(row, description) for row, description in _fetch(conn, sql, params)]
+    rows = [_row_dict(TRAINING, row, description) for row, description in _fetch(conn, sql, params)]
     return SearchResult(query=q or "", total=total, total_exact=True, ranked=False, rows=rows)
 
 
@@ -150,31 +232,38 @@ def _fetch(conn, sql, params):
         yield row, description
 
 
-def _row_dict(row, description) -> dict:
+def _row_dict(corpus: Corpus, row, description) -> dict:
     record = dict(zip(description, row))
-    record["caption_html"] = highlighted(record.pop("caption_highlighted"))
-    record["safe_url"] = safe_url(record["url"])
+    record["text_html"] = highlighted(record.pop("highlighted"))
+    record["safe_url"] = safe_url(record[corpus.url])
     return record
 
 
-def estimate_matches(conn, match: str) -> int:
-    """Number of matches of a huge result, from FTS5's per-term document counts.
+def estimate_matches(conn, match: str, corpus: Corpus = TRAINING) -> int:
+    """Number of matches of a huge result, from FTS5's per-term document counts (fts5vocab).
 
-    For a single term the fts5vocab count is exact; for several, the rarest term bounds it.
+    Exact for a single term; for several terms the rarest bounds it; a prefix sums its terms' counts.
     """
-    vocab = TRAINING_FTS_VOCAB
-    terms = [t.lower() for t in _WORD.findall(match)]
     counts = []
-    for term in terms:
-        row = conn.execute(f"SELECT doc FROM {vocab} WHERE term = ?", (term,)).fetchone()
-        counts.append(row[0] if row else 0)
-    if not counts:
-        return 0
-    return min(counts)
+    for term, prefix in re.findall(r'"([^"]*)"(\*?)', match):
+        words = [w.lower() for w in _WORD.findall(term)]
+        if not words:
+            continue
+        if prefix:  # the prefix applies to the last word
+            last = words[-1]
+            row = conn.execute(f"SELECT sum(doc) FROM {corpus.vocab} WHERE term >= ? AND term < ?", (last, last + "\uffff")).fetchone()
+            counts.append(row[0] or 0)
+            words = words[:-1]
+        for word in words:
+            row = conn.execute(f"SELECT doc FROM {corpus.vocab} WHERE term = ?", (word,)).fetchone()
+            counts.append(row[0] if row else 0)
+    return min(counts) if counts else 0
 
 
-def domain_breakdown(conn, q: str | None = None, top: int = 15) -> dict:
-    """{"query", "total", "domains": [{"domain", "count"}], "other", "estimated"} for q, or for the whole table."""
+def domain_breakdown(conn, q: str | None = None, top: int = 15, sample: int = BREAKDOWN_SAMPLE) -> dict:
+    """{"query", "total", "domains": [{"domain", "count"}], "other", "estimated"} for q, or for the whole table.
+
+    Results bigger than `sample` are estimated from `sample` matches spread over the id range."""
     match = fts_query(q) if q else None
     if match is None:
         rows = conn.execute(
@@ -182,24 +271,35 @@ def domain_breakdown(conn, q: str | None = None, top: int = 15) -> dict:
         ).fetchall()
         total = conn.execute("SELECT coalesce(sum(image_count), 0) FROM domains").fetchone()[0]
         return _breakdown(q or None, total, rows, estimated=False)
-    matches = count_matches(conn, match, BREAKDOWN_SAMPLE)
-    sample = min(matches, BREAKDOWN_SAMPLE)
-    rows = conn.execute(
+    matches = count_matches(conn, match, sample)
+    if matches <= sample:
+        rows = _domain_counts(conn, match, f"SELECT rowid FROM {TRAINING_FTS} WHERE {TRAINING_FTS} MATCH :match", {"match": match})
+        return _breakdown(q, matches, rows[:top], estimated=False, counted=sum(n for _, n in rows))
+    # Count `sample` matches taken evenly from WINDOWS id windows, and scale up.
+    total = estimate_matches(conn, match)
+    per_window = max(1, sample // _windows(match))
+    windows = " UNION ALL ".join(
+        f"SELECT * FROM (SELECT rowid FROM {TRAINING_FTS} WHERE {TRAINING_FTS} MATCH :match AND rowid >= {start} ORDER BY rowid LIMIT {per_window})"
+        for start in _window_starts(_max_id(conn), _windows(match))
+    )
+    rows = _domain_counts(conn, match, windows, {"match": match})
+    counted = sum(n for _, n in rows) or 1
+    scale = total / counted
+    scaled = [(domain, round(n * scale)) for domain, n in rows]
+    return _breakdown(q, total, scaled[:top], estimated=True, counted=sum(n for _, n in scaled))
+
+
+def _domain_counts(conn, match: str, matches_sql: str, params: dict) -> list[tuple[str, int]]:
+    return conn.execute(
         f"""
         SELECT d.domain, count(*) AS n
-        FROM (SELECT rowid FROM {TRAINING_FTS} WHERE {TRAINING_FTS} MATCH ? LIMIT ?) h
+        FROM ({matches_sql}) h
         JOIN {TRAINING_TABLE} t ON t.id = h.rowid
         JOIN domains d ON d.id = t.domain_id
         GROUP BY d.id ORDER BY n DESC, d.domain
         """,
-        (match, sample),
+        params,
     ).fetchall()
-    if matches <= BREAKDOWN_SAMPLE:
-        return _breakdown(q, matches, rows[:top], estimated=False, counted=sum(n for _, n in rows))
-    total = estimate_matches(conn, match)
-    scale = total / sample
-    scaled = [(domain, round(n * scale)) for domain, n in rows]
-    return _breakdown(q, total, scaled[:top], estimated=True, counted=sum(n for _, n in scaled))
 
 
 def _breakdown(q, total, rows, estimated, counted=None) -> dict:

@@ -29,6 +29,17 @@ async def spellbook_database(datasette, table: str = "training_images"):
     raise NotFound(f"No Spellbook database with a {table} table is attached")
 
 
+def path_text(request, name: str) -> str:
+    """A name from the URL path: percent-encoded by browsers, or tilde-encoded (Datasette redirects
+    a 404 from "%20" to "~20" and the request comes back that way)."""
+    from urllib.parse import unquote
+
+    from datasette.utils import tilde_decode
+
+    text = unquote(request.url_vars[name])
+    return tilde_decode(text) if "~" in text else text
+
+
 def query_arg(request, name: str, default: str = "") -> str:
     return (request.args.get(name) or default).strip()
 

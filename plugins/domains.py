@@ -4,7 +4,7 @@ from __future__ import annotations
 from datasette import hookimpl
 from datasette.utils.asgi import Response
 
-from ingest.search import domain_breakdown
+from ingest.search import BREAKDOWN_SAMPLE, domain_breakdown
 from plugins._site import int_arg, query_arg, spellbook_database
 
 
@@ -23,14 +23,16 @@ def with_shares(breakdown: dict) -> list[dict]:
 async def domains_view(datasette, request):
     q = query_arg(request, "q") or None
     top = int_arg(request, "top", 20, 1, 200)
+    # ?exact=1 counts every match (seconds for a common word at 12M rows) instead of a spread sample.
+    sample = 10**12 if request.args.get("exact") == "1" else BREAKDOWN_SAMPLE
     database = await spellbook_database(datasette)
-    breakdown = await database.execute_fn(lambda conn: domain_breakdown(conn, q, top=top))
+    breakdown = await database.execute_fn(lambda conn: domain_breakdown(conn, q, top=top, sample=sample))
     if request.url_vars.get("format") == "json":
         return Response.json(breakdown)
     return Response.html(
         await datasette.render_template(
             "spellbook_domains.html",
-            {"q": q, "breakdown": breakdown, "bars": with_shares(breakdown), "database": database.name},
+            {"q": q, "breakdown": breakdown, "bars": with_shares(breakdown), "database": database.name, "sample": BREAKDOWN_SAMPLE},
             request=request,
         )
     )

@@ -5,6 +5,7 @@ from datasette import hookimpl
 
 from datasette.utils.asgi import NotFound
 
+from ingest.reports import top_artists
 from plugins._site import spellbook_database
 
 
@@ -18,9 +19,10 @@ def site_summary(conn) -> dict:
     ]
     counts = {
         "training_images": sum(d["inserted"] for d in datasets if d["kind"] == "training"),
+        "prompts": sum(d["inserted"] for d in datasets if d["kind"] == "prompts"),
         "domains": conn.execute("SELECT count(*) FROM domains WHERE image_count > 0").fetchone()[0],
     }
-    return {"datasets": datasets, "counts": counts}
+    return {"datasets": datasets, "counts": counts, "prompts": counts["prompts"] > 0, "artists": top_artists(conn)}
 
 
 @hookimpl

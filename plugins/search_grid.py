@@ -28,7 +28,7 @@ async def search_view(datasette, request):
         lambda conn: search_training(conn, q, limit=page_size, offset=(page - 1) * page_size, domain=domain)
     )
     if request.url_vars.get("format") == "json":
-        rows = [{k: v for k, v in row.items() if k not in ("caption_html", "safe_url")} for row in result.rows]
+        rows = [{k: v for k, v in row.items() if k not in ("text_html", "safe_url")} for row in result.rows]
         return Response.json(
             {"query": q, "domain": domain, "total": result.total, "total_exact": result.total_exact, "ranked": result.ranked, "rows": rows}
         )

@@ -11,11 +11,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
-from ingest import DATA_DIR, PROJECT_ROOT
 from ingest.demo import URL_TEXT, V1_SCHEMA, V2_SCHEMA, laion_rows_as_parquet
 from ingest.load import ingest_training_files
+from ingest.site import make_datasette
 
 V2_COLUMNS = pq.read_schema(V2_SCHEMA).remove_metadata()
 
@@ -77,19 +76,8 @@ def training_db(tmp_path, v1_parquet, url_text_parquet) -> Path:
 
 
 def spellbook_datasette(*db_paths: Path, metadata: dict | None = None):
-    """A Datasette configured exactly as `spellbook serve` configures it (see ingest.cli.datasette_args)."""
-    from datasette.app import Datasette
-
-    if metadata is None:
-        metadata = yaml.safe_load((PROJECT_ROOT / "metadata.yml").read_text())
-    return Datasette(
-        files=[],
-        immutables=[str(p) for p in db_paths],
-        metadata=metadata,
-        plugins_dir=str(PROJECT_ROOT / "plugins"),
-        template_dir=str(PROJECT_ROOT / "templates"),
-        static_mounts=[("spellbook-static", str(PROJECT_ROOT / "plugins" / "static"))],
-    )
+    """A Datasette configured exactly as `spellbook serve` configures it."""
+    return make_datasette(*db_paths, metadata=metadata)
 
 
 @pytest.fixture

@@ -1,0 +1,141 @@
+"""Search benchmark on a synthetic LAION-Aesthetics database (default: the full 12,096,835 rows).
+
+Times, per query: our top 100 by rank with highlights (ingest.search), the domain breakdown, our
+results page (/-/search) and, as the baseline in the same run, Datasette's stock table page
+(?_search=...&_nosuggest=1), both through Datasette's ASGI client. The stock page gets a 60 s SQL
+time limit instead of its default 1 s, so that it is measured rather than cut off.
+
+    .venv/bin/python bench/search.py                 # 12.1M rows (builds bench/cache/search-*.db once)
+    .venv/bin/python bench/search.py --rows 1000000
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import asyncio
+import random
+import re
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections import Counter
+from pathlib import Path
+
+# This folder holds ingest.py, which would shadow the ingest package: keep it off sys.path.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+_spec = importlib.util.spec_from_file_location("bench_common", Path(__file__).resolve().parent / "_common.py")
+_common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_common)
+BIN, CACHE, median, percentile, result_line, synthetic = _common.BIN, _common.CACHE, _common.median, _common.percentile, _common.result_line, _common.synthetic
+
+from ingest.db import connect_readonly  # noqa: E402
+from ingest.search import count_matches, domain_breakdown, fts_query, search_training  # noqa: E402
+from ingest.site import make_datasette  # noqa: E402
+
+
+def database(rows: int, seed: int) -> Path:
+    db = CACHE / f"search-{rows}-{seed}.db"
+    if not db.exists():
+        parquet = synthetic("laion", rows, seed)
+        partial = db.with_suffix(".building")
+        for leftover in CACHE.glob(partial.name + "*"):
+            leftover.unlink()
+        started = time.perf_counter()
+        subprocess.run([str(BIN / "spellbook"), "ingest", "laion", str(partial), str(parquet), "--no-progress"], check=True)
+        print(f"# built {db.name} in {time.perf_counter() - started:.0f}s", flush=True)
+        partial.rename(db)
+    return db
+
+
+def queries(conn, count: int, seed: int) -> list[tuple[str, str]]:
+    """(kind, query): artist names, two-word phrases, the most frequent words, prefixes."""
+    rng = random.Random(seed)
+    artists = [name for (name,) in conn.execute("SELECT name FROM artists WHERE training_count > 0 ORDER BY training_count DESC")]
+    chosen = artists[:40] + rng.sample(artists[40:], min(len(artists) - 40, count // 2 - 40)) if len(artists) > 40 else artists
+    sample = [caption for (caption,) in conn.execute("SELECT caption FROM training_images WHERE id % 97 = 0 LIMIT 20000")]
+    words = Counter(w for caption in sample for w in set(re.findall(r"\w+", caption.lower())))
+    frequent = [w for w, _ in words.most_common(40)]
+    phrases = []
+    while len(phrases) < count // 4:
+        tokens = re.findall(r"\w+", rng.choice(sample).lower())
+        if len(tokens) >= 2:
+            i = rng.randrange(len(tokens) - 1)
+            phrases.append(f'"{tokens[i]} {tokens[i + 1]}"')
+    prefixes = [w[:4] + "*" for w, _ in words.most_common(1000)[100:1000:30] if len(w) >= 5][:12]
+    picked = [("artist", a) for a in chosen] + [("phrase", p) for p in phrases] + [("frequent", w) for w in frequent] + [("prefix", p) for p in prefixes]
+    return picked
+
+
+def timed_ms(function):
+    started = time.perf_counter()
+    result = function()
+    return (time.perf_counter() - started) * 1000, result
+
+
+async def pages(db: Path, qs: list[str]) -> tuple[list[float], list[float]]:
+    ds = make_datasette(db, settings={"sql_time_limit_ms": 60_000, "facet_time_limit_ms": 60_000})
+    name = db.stem
+    ours, stock = [], []
+    for q in qs[:5]:  # warm both paths
+        await ds.client.get("/-/search?" + urllib.parse.urlencode({"q": q}))
+    for q in qs:
+        started = time.perf_counter()
+        response = await ds.client.get("/-/search?" + urllib.parse.urlencode({"q": q}))
+        ours.append((time.perf_counter() - started) * 1000)
+        assert response.status_code == 200, (q, response.status_code)
+        started = time.perf_counter()
+        response = await ds.client.get(f"/{name}/training_images?" + urllib.parse.urlencode({"_search": q, "_nosuggest": 1}))
+        stock.append((time.perf_counter() - started) * 1000)
+        assert response.status_code == 200, (q, response.status_code, response.text[:300])
+    return ours, stock
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=12_096_835)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args()
+
+    db = database(args.rows, args.seed)
+    conn = connect_readonly(db)
+    picked = queries(conn, args.queries, args.seed)
+    print(f"# {len(picked)} queries on {args.rows:,} rows: " + ", ".join(f"{k} {v}" for k, v in Counter(k for k, _ in picked).items()))
+    for _, q in picked[:10]:  # warm the page cache
+        search_training(conn, q)
+    search_ms, domains_ms, domains_small_ms, by_kind = [], [], [], {}
+    for kind, q in picked:
+        ms, result = timed_ms(lambda: search_training(conn, q))
+        search_ms.append(ms)
+        by_kind.setdefault(kind, []).append(ms)
+        d_ms, _ = timed_ms(lambda: domain_breakdown(conn, q))
+        domains_ms.append(d_ms)
+        if count_matches(conn, fts_query(q), 100_000) <= 100_000:
+            domains_small_ms.append(d_ms)
+    for kind, values in by_kind.items():
+        print(f"  search {kind:9s} p50 {median(values):7.1f} ms  p99 {percentile(values, 99):7.1f} ms  max {max(values):7.1f} ms")
+    ours, stock = asyncio.run(pages(db, [q for _, q in picked]))
+    print(f"  our page   p50 {median(ours):7.1f} ms  p99 {percentile(ours, 99):7.1f} ms")
+    print(f"  stock page p50 {median(stock):7.1f} ms  p99 {percentile(stock, 99):7.1f} ms")
+    print(
+        result_line(
+            rows=args.rows,
+            queries=len(picked),
+            search_p50_ms=median(search_ms),
+            search_p99_ms=percentile(search_ms, 99),
+            domains_p50_ms=median(domains_ms),
+            domains_p99_ms=percentile(domains_ms, 99),
+            domains_upto_100k_p99_ms=percentile(domains_small_ms, 99),
+            page_p50_ms=median(ours),
+            page_p99_ms=percentile(ours, 99),
+            stock_p50_ms=median(stock),
+            stock_p99_ms=percentile(stock, 99),
+            page_vs_stock=median(ours) / median(stock),
+            page_vs_stock_p99=percentile(ours, 99) / percentile(stock, 99),
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

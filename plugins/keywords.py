@@ -1,0 +1,35 @@
+"""A style keyword's page: /-/keyword/KEYWORD (and .json)."""
+from __future__ import annotations
+
+import urllib.parse
+
+from datasette import hookimpl
+from datasette.utils.asgi import NotFound, Response
+
+from ingest.reports import keyword_report
+from plugins._charts import line_chart
+from plugins._site import path_text, spellbook_database
+
+
+async def keyword_view(datasette, request):
+    keyword = path_text(request, "keyword")
+    database = await spellbook_database(datasette, "generations")
+    report = await database.execute_fn(lambda conn: keyword_report(conn, keyword))
+    if report is None:
+        raise NotFound(f"No keyword {keyword!r}")
+    if request.url_vars.get("format") == "json":
+        return Response.json(report)
+    chart = line_chart([d["count"] for d in report["days"]], [d["day"] for d in report["days"]])
+    return Response.html(
+        await datasette.render_template("spellbook_keyword.html", {"k": report, "chart": chart}, request=request)
+    )
+
+
+@hookimpl
+def register_routes():
+    return [(r"^/-/keyword/(?P<keyword>[^/]+?)(\.(?P<format>json))?$", keyword_view)]
+
+
+@hookimpl
+def prepare_jinja2_environment(env):
+    env.filters["keyword_url"] = lambda keyword: "/-/keyword/" + urllib.parse.quote(keyword, safe="")

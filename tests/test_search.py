@@ -1,0 +1,60 @@
+"""ingest.search: query parsing, and the strategies for results too big to rank, on a real database
+with the limits made small (monkeypatch) so that a few hundred rows exercise them."""
+from __future__ import annotations
+
+import pytest
+
+from ingest import search
+from ingest.db import connect
+from ingest.load import ingest_training_files
+from tests.conftest import write_v2
+
+
+def test_fts_query_never_passes_syntax_through():
+    assert search.fts_query("greg rutkowski") == '"greg" "rutkowski"'
+    assert search.fts_query('"simon stålenhag" oil') == '"simon stålenhag" "oil"'
+    assert search.fts_query("port*") == '"port"*'
+    assert search.fts_query("NEAR(a b) OR c") == '"NEAR a" "b" "OR" "c"'  # operators are just words
+    assert search.fts_query("mucha's") == '"mucha s"'
+    assert search.fts_query("*") is None and search.fts_query("") is None
+
+
+@pytest.fixture
+def sorted_db(tmp_path):
+    """600 captions with "cat", written in domain order (the worst case for a first-N sample)."""
+    rows = []
+    for i in range(600):
+        domain = "alpha.com" if i < 300 else "beta.com"
+        rows.append({"URL": f"https://img.{domain}/{i}.jpg", "TEXT": f"a cat number {i}" + (" tabby" if i % 100 == 0 else "")})
+    db = tmp_path / "sorted.db"
+    ingest_training_files(db, [write_v2(tmp_path / "sorted.parquet", rows)])
+    return db
+
+
+def test_small_results_are_ranked_and_exact(sorted_db):
+    conn = connect(sorted_db)
+    result = search.search_training(conn, "tabby")
+    assert (result.total, result.total_exact, result.ranked) == (6, True, True)
+    assert all("<mark>tabby</mark>" in row["text_html"] for row in result.rows)
+
+
+def test_huge_results_are_spread_over_the_collection(sorted_db, monkeypatch):
+    monkeypatch.setattr(search, "RANK_LIMIT", 50)
+    monkeypatch.setattr(search, "COUNT_LIMIT", 100)
+    conn = connect(sorted_db)
+    result = search.search_training(conn, "cat", limit=20)
+    assert result.ranked is False
+    assert result.total == 600 and result.total_exact is False  # from fts5vocab, exact for one term
+    domains = {row["domain"] for row in result.rows}
+    assert domains == {"alpha.com", "beta.com"}  # a first-20 sample would be all alpha.com
+    assert len(result.rows) == 20 and len({row["id"] for row in result.rows}) == 20
+
+
+def test_domain_breakdown_estimate_from_spread_sample(sorted_db):
+    conn = connect(sorted_db)
+    exact = search.domain_breakdown(conn, "cat")
+    assert exact["estimated"] is False and exact["domains"] == [{"domain": "alpha.com", "count": 300}, {"domain": "beta.com", "count": 300}]
+    estimate = search.domain_breakdown(conn, "cat", sample=100)
+    assert estimate["estimated"] is True and estimate["total"] == 600
+    counts = {d["domain"]: d["count"] for d in estimate["domains"]}
+    assert 240 <= counts["alpha.com"] <= 360 and 240 <= counts["beta.com"] <= 360
