@@ -100,6 +100,8 @@ def main():
 
     db = database(args.rows, args.seed)
     conn = connect_readonly(db)
+    if args.queries == 0:  # only build the database (bench/prompts.py uses it)
+        return
     picked = queries(conn, args.queries, args.seed)
     print(f"# {len(picked)} queries on {args.rows:,} rows: " + ", ".join(f"{k} {v}" for k, v in Counter(k for k, _ in picked).items()))
     for _, q in picked[:10]:  # warm the page cache

@@ -678,13 +678,23 @@ def _extract(prompt: str, vocab: ArtistVocabulary) -> tuple[Keyword, ...]:
             out.update(info.items)  # a repeated key keeps its first position
         return tuple(out.values())
     infos = [i for i in infos if i is not _EMPTY]
+
+    def known_list(piece, right_after_by: bool) -> bool:
+        # "by john smith, jane doe and bob jones" goes on; but "..., fantasy, soft eyes and narrow
+        # chin" further on has the same shape and no known name: it needs a vocabulary artist.
+        if not piece.list_names:
+            return False
+        return right_after_by or any(vocab.canonical(name) for name in piece.list_names)
+
     in_list = False
+    previous_open = False
     for i, info in enumerate(infos):
+        right_after_by, previous_open = previous_open, info.by_open
         if in_list and not info.artist_only:
             # "by X, Y and Z" goes on with "and Z" / "Y and Z" / "Y & Z", and with a name
             # outside the vocabulary when artist pieces follow it ("by wlop, krenz cushart,
             # greg rutkowski").
-            if info.list_names:
+            if known_list(info, right_after_by):
                 for name in info.list_names:
                     out.setdefault("a" + name, Keyword(name, ARTIST))
                 continue
@@ -692,7 +702,7 @@ def _extract(prompt: str, vocab: ArtistVocabulary) -> tuple[Keyword, ...]:
                 j = i + 1
                 while j < len(infos) and infos[j].name is not None and not infos[j].list_names:
                     j += 1
-                if j < len(infos) and (infos[j].artist_only or infos[j].list_names):
+                if j < len(infos) and (infos[j].artist_only or known_list(infos[j], False)):
                     out.setdefault("a" + info.name, Keyword(info.name, ARTIST))
                     continue
             in_list = False

@@ -29,9 +29,10 @@ async def domains_view(datasette, request):
     breakdown = await database.execute_fn(lambda conn: domain_breakdown(conn, q, top=top, sample=sample))
     if request.url_vars.get("format") == "json":
         return Response.json(breakdown)
+    template = "spellbook_domain_bars.html" if request.args.get("fragment") == "1" else "spellbook_domains.html"
     return Response.html(
         await datasette.render_template(
-            "spellbook_domains.html",
+            template,
             {"q": q, "breakdown": breakdown, "bars": with_shares(breakdown), "database": database.name, "sample": BREAKDOWN_SAMPLE},
             request=request,
         )

@@ -6,7 +6,7 @@ import urllib.parse
 from datasette import hookimpl
 from datasette.utils.asgi import Response
 
-from ingest.search import domain_breakdown, search_training
+from ingest.search import search_training
 from plugins._site import config, int_arg, query_arg, spellbook_database
 
 
@@ -32,7 +32,6 @@ async def search_view(datasette, request):
         return Response.json(
             {"query": q, "domain": domain, "total": result.total, "total_exact": result.total_exact, "ranked": result.ranked, "rows": rows}
         )
-    breakdown = await database.execute_fn(lambda conn: domain_breakdown(conn, q or None, top=10)) if q and not domain else None
     threshold = float(settings["punsafe_blur_threshold"])
     for row in result.rows:
         row["tile_width"] = tile_width(row["width"], row["height"])
@@ -45,7 +44,8 @@ async def search_view(datasette, request):
                 "q": q,
                 "domain": domain,
                 "result": result,
-                "breakdown": breakdown,
+                # The chart loads after the page (a fragment of /-/domains): the grid never waits for it.
+                "breakdown_url": datasette.urls.path("/-/domains") + "?" + urllib.parse.urlencode({"q": q, "top": 10, "fragment": 1}) if q and not domain else None,
                 "page": page,
                 "page_size": page_size,
                 "database": database.name,

@@ -26,7 +26,8 @@ def test_search_grid_chart_and_domain_link(browser, served):
     blurred.locator(".sb-frame").click()
     assert page.locator(".sb-tile.sb-blurred").count() == 0
 
-    # The domain chart: bars with widths, and a domain link that filters the results.
+    # The domain chart (loaded after the grid): bars with widths, and a domain link that filters.
+    page.wait_for_selector("[data-fragment-url][data-loaded=yes] .sb-bars .sb-bar")
     bars = page.locator(".sb-bars .sb-bar")
     assert bars.count() == 2
     widths = [bar.locator(".sb-bar-fill").bounding_box()["width"] for bar in bars.all()]
@@ -42,3 +43,46 @@ def test_search_grid_chart_and_domain_link(browser, served):
     page.click("#domain-chart a:text-is('shopify.com')")
     page.wait_for_url("**/-/search?q=&domain=shopify.com")
     assert "647" in page.locator(".sb-total").inner_text()
+
+
+@pytest.fixture
+def served_full(training_db):
+    from ingest import DATA_DIR
+    from ingest.load import ingest_prompt_files
+    from tests.conftest import Server
+
+    ingest_prompt_files(training_db, [DATA_DIR / "prompts" / "diffusiondb_sample_metadata_schema.parquet", DATA_DIR / "image_metadata"])
+    server = Server(training_db)
+    yield server
+    server.stop()
+
+
+def test_copy_generation_data_and_artist_report(browser, served_full):
+    context = browser.new_context(permissions=["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    page.goto(served_full.url + "/-/prompts?q=%22a+circle%22")
+    page.click(".sb-grid .sb-tile .sb-frame")
+    page.wait_for_url("**/-/prompt/*")
+    expected = "a circle\nNegative prompt: a square\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 2015833630, Size: 64x64, Model: realisticVisionV51_v51VAE"
+    assert page.locator("#sb-generation-data").inner_text() == expected
+    page.click("button[data-copy-target=sb-generation-data]")
+    page.wait_for_selector("button[data-copy-target=sb-generation-data][data-copied=yes]")
+    assert page.evaluate("navigator.clipboard.readText()") == expected
+    page.click("button[data-copy-target=sb-prompt-text]")
+    page.wait_for_selector("button[data-copy-target=sb-prompt-text][data-copied=yes]")
+    assert page.evaluate("navigator.clipboard.readText()") == "a circle"
+
+    # The artist report: both sides, the domain chart and the per-day line chart.
+    page.goto(served_full.url + "/")
+    page.click("ol.sb-artists-prompts a:text-is('greg rutkowski')")
+    page.wait_for_url("**/-/artist/greg%20rutkowski")
+    assert page.locator("section.sb-training-side h2").inner_text() == "In the training data"
+    assert page.locator("section.sb-prompt-side h2").inner_text() == "In prompts"
+    assert int(page.locator("section.sb-prompt-side .sb-count").inner_text().replace(",", "")) > 100
+    assert page.locator("section.sb-prompt-side svg polyline").count() == 1
+    assert page.locator("section.sb-prompt-side .sb-grid .sb-tile").count() == 12
+    page.goto(served_full.url + "/-/artist/simon%20stalenhag")
+    assert page.locator("h1").inner_text() == "simon stålenhag"
+    assert page.locator("section.sb-training-side .sb-bars .sb-bar").count() == 2
+    assert page.locator("section.sb-training-side .sb-histogram div").count() == 3
+    context.close()

@@ -468,3 +468,14 @@ def test_speed(diffusiondb_prompts, imagereward_prompts):
         memo = len(prompts) / (time.perf_counter() - t)
         print(f"\n{name}: cold {cold:,.0f} prompts/s; pieces seen before {pieces_warm:,.0f} "
               f"prompts/s; prompts seen before {memo:,.0f} prompts/s")
+
+
+def test_a_by_list_does_not_swallow_the_modifiers_after_it():
+    # From the synthetic corpus: "soft eyes and narrow chin" has the shape of "X and Y" names.
+    prompt = ("wide shot from the surface of the planet, dusk, by simon stalenhag and vincent di fate and hieronymus bosch, "
+              "fantasy, soft eyes and narrow chin, cinematic lighting, trending on artstation")
+    keywords = prompt_keywords(prompt)
+    artists = [k.text for k in keywords if k.kind == "artist"]
+    assert artists == ["simon stålenhag", "vincent di fate", "hieronymus bosch"]
+    modifiers = [k.text for k in keywords if k.kind == "modifier"]
+    assert "fantasy" in modifiers and "cinematic lighting" in modifiers

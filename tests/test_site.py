@@ -77,6 +77,14 @@ async def test_domain_breakdown_json_shape(datasette):
     assert hit == {"query": "stalenhag", "total": 3, "domains": [{"domain": "pinimg.com", "count": 2}, {"domain": "foo.blogspot.com", "count": 1}], "other": 0, "estimated": False}
 
 
+async def test_search_page_loads_its_domain_chart_as_a_fragment(datasette):
+    page = (await get(datasette, "/-/search?q=stalenhag")).text
+    url = html.unescape(re.search(r'data-fragment-url="([^"]+)"', page).group(1))
+    assert url == "/-/domains?q=stalenhag&top=10&fragment=1"
+    fragment = (await get(datasette, url)).text
+    assert fragment.count('class="sb-bar"') == 2 and "<html" not in fragment
+
+
 async def test_domain_page_has_chart_and_links_that_filter(datasette):
     page = (await get(datasette, "/-/domains?q=stalenhag")).text
     assert 'id="domain-chart"' in page and page.count('class="sb-bar"') == 2

@@ -37,10 +37,26 @@
     document.body.removeChild(area);
   }
 
-  // Images that failed before this script ran.
+  // Datasette puts this script in <head>: look at the page once it is parsed.
+  function ready(callback) {
+    if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", callback);
+    else callback();
+  }
+
+  ready(function () {
+  // Parts of a page that load after it (server-rendered, escaped HTML fragments).
+  document.querySelectorAll("[data-fragment-url]").forEach(function (slot) {
+    fetch(slot.getAttribute("data-fragment-url"), {credentials: "same-origin"})
+      .then(function (response) { if (!response.ok) throw new Error(response.status); return response.text(); })
+      .then(function (html) { slot.innerHTML = html; slot.setAttribute("data-loaded", "yes"); })
+      .catch(function () { slot.innerHTML = '<p class="sb-note">The domain breakdown could not be loaded.</p>'; });
+  });
+
+  // Images that failed before this script was listening.
   document.querySelectorAll(".sb-tile img").forEach(function (img) {
     if (img.complete && img.naturalWidth === 0 && img.getAttribute("src")) {
       img.closest(".sb-tile").classList.add("sb-broken");
     }
+  });
   });
 })();
