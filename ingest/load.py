@@ -315,22 +315,23 @@ class _GenerationTarget:
         """
         conn = self.conn
         new_ids = dict(conn.execute(f"SELECT key, id FROM {self.table} WHERE id > ?", (last_id,)))
-        links, uses, keyword_days, prompt_days = [], Counter(), Counter(), Counter()
+        known = self._keyword_ids
+        links, link_days, prompt_days = [], [], Counter()
         for key, keywords, created_at in zip(prepared["keys"], prepared["keywords"], prepared["created_at"]):
             generation_id = new_ids.pop(key, None)  # pop: a key repeated in the batch was inserted once
             if generation_id is None:
                 continue
             day = created_at[:10] if created_at else None
-            if day:
-                prompt_days[day] += 1
-            # The same text can come back as artist and as modifier; it is one keyword row.
-            for keyword_id in dict.fromkeys(self._keyword_id(keyword) for keyword in keywords):
-                links.append((keyword_id, generation_id))
-                uses[keyword_id] += 1
-                if day:
-                    keyword_days[keyword_id, day] += 1
-        links.sort()
-        conn.executemany("INSERT INTO generation_keywords(keyword_id, generation_id) VALUES (?, ?)", links)
+            prompt_days[day] += 1
+            # A set: the same text can come back as artist and as modifier, and it is one keyword row.
+            keyword_ids = sorted({known.get(k.text) or self._keyword_id(k) for k in keywords})
+            links.extend((generation_id, keyword_id) for keyword_id in keyword_ids)
+            link_days.extend((keyword_id, day) for keyword_id in keyword_ids)
+        uses = Counter(keyword_id for keyword_id, _ in link_days)
+        keyword_days = Counter(link_days)
+        prompt_days.pop(None, None)
+        keyword_days = {pair: n for pair, n in keyword_days.items() if pair[1] is not None}
+        conn.executemany("INSERT INTO generation_keywords(generation_id, keyword_id) VALUES (?, ?)", links)
         conn.executemany("UPDATE keywords SET prompt_count = prompt_count + ? WHERE id = ?", [(n, k) for k, n in uses.items()])
         conn.executemany(
             """INSERT INTO keyword_days(keyword_id, day, count) VALUES (?, ?, ?)
@@ -516,10 +517,12 @@ def _ingest(db_path: Path, sources, target_class, batch_size: int, progress: boo
         try:
             schema.ensure_schema(conn)
             target = target_class(conn)
-            key_index = schema.KEY_INDEXES[target.table]
-            # Dedupe in memory while loading; the unique index comes back at the end (and, should this
-            # process be killed, at the end of the next ingest: until then the keys are still unique).
-            conn.execute(f"DROP INDEX IF EXISTS {key_index}")
+            # Random-order index inserts cost more than the rows: drop these while loading (keys are
+            # deduped in memory) and build them in one sort at the end. Should this process be killed,
+            # the next ingest builds them; until then the keys are still unique.
+            deferred = schema.DEFERRED_INDEXES[target.table]
+            for index in deferred:
+                conn.execute(f"DROP INDEX IF EXISTS {index}")
             known = KnownKeys(conn, target.table)
             try:
                 for open_source in sources:
@@ -529,7 +532,9 @@ def _ingest(db_path: Path, sources, target_class, batch_size: int, progress: boo
                     except InputError as error:
                         summary.files.append(FileSummary(path=error.path, error=str(error)))
             finally:
-                conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {key_index} ON {target.table}(key)")
+                for index, columns in deferred.items():
+                    unique = "UNIQUE " if columns.endswith("(key)") else ""
+                    conn.execute(f"CREATE {unique}INDEX IF NOT EXISTS {index} ON {columns}")
             if any(not f.error for f in summary.files):
                 from ingest.artists import refresh_artists
 

@@ -16,7 +16,12 @@ TRAINING_FTS_VOCAB = "training_images_fts_vocab"  # per-term document counts, fo
 # random inserts into this index cost more than the row itself) and builds them again at the end.
 TRAINING_KEY_INDEX = "idx_training_images_key"
 GENERATIONS_KEY_INDEX = "idx_generations_key"
-KEY_INDEXES = {"training_images": TRAINING_KEY_INDEX, "generations": GENERATIONS_KEY_INDEX}
+KEYWORD_LINK_INDEX = "idx_generation_keywords_keyword"
+# Indexes that ingest drops while it loads and builds again (in one sort) at the end, per table.
+DEFERRED_INDEXES = {
+    "training_images": {TRAINING_KEY_INDEX: "training_images(key)"},
+    "generations": {GENERATIONS_KEY_INDEX: "generations(key)", KEYWORD_LINK_INDEX: "generation_keywords(keyword_id, generation_id)"},
+}
 
 GENERATIONS_TABLE = "generations"
 GENERATIONS_FTS = "generations_fts"
@@ -178,12 +183,13 @@ def _migration_2_prompt_side(conn):
             prompt_count INTEGER NOT NULL DEFAULT 0
         );
         CREATE INDEX idx_keywords_kind_count ON keywords(kind, prompt_count);
+        -- Keyed by generation so ingest appends; the by-keyword index is rebuilt after each ingest.
         CREATE TABLE generation_keywords (
-            keyword_id INTEGER NOT NULL REFERENCES keywords(id),
             generation_id INTEGER NOT NULL REFERENCES {GENERATIONS_TABLE}(id),
-            PRIMARY KEY (keyword_id, generation_id)
+            keyword_id INTEGER NOT NULL REFERENCES keywords(id),
+            PRIMARY KEY (generation_id, keyword_id)
         ) WITHOUT ROWID;
-        CREATE INDEX idx_generation_keywords_generation ON generation_keywords(generation_id, keyword_id);
+        CREATE INDEX {KEYWORD_LINK_INDEX} ON generation_keywords(keyword_id, generation_id);
         -- Precomputed at ingest, for the per-day charts: uses of each keyword, and all prompts, per UTC day.
         CREATE TABLE keyword_days (
             keyword_id INTEGER NOT NULL REFERENCES keywords(id),
