@@ -13,9 +13,13 @@ MIN_PROMPT_USES = 3  # artists found only after "by" join the list once this man
 
 
 def vocabulary_names() -> list[str]:
-    """The artist vocabulary (clip-interrogator's artists.txt, MIT), lower-cased."""
+    """The artist vocabulary (clip-interrogator's artists.txt, MIT), lower-cased, without the
+    entries that are ordinary words ("artist", "constant"): as phrases they match any caption."""
+    from ingest.keywords import DEFAULT_ANYWHERE_DENY
+
     path = DATA_DIR / "vocab" / "artists.txt"
-    return sorted({line.strip().lower() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()})
+    names = {line.strip().lower() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+    return sorted(names - DEFAULT_ANYWHERE_DENY)
 
 
 def training_count(conn, name: str) -> int:

@@ -136,3 +136,9 @@ def test_hostile_and_broken_input(tmp_path):
     assert "row 2, column prompt" in result.output and "row 3, column seed" in result.output
     assert query(db, "SELECT prompt, image_url FROM generations") == [("<script>alert(1)</script>, by Greg Rutkowski", None)]
     assert query(db, "PRAGMA integrity_check")[0][0] == "ok"
+
+
+def test_ordinary_words_in_the_vocabulary_are_not_artists(training_db):
+    names = {name for (name,) in query(training_db, "SELECT name FROM artists")}
+    assert "artist" not in names and "constant" not in names
+    assert "alphonse mucha" in names
