@@ -177,6 +177,30 @@ class Summary:
         return "\n".join(lines)
 
 
+class _NamedIds:
+    """Ids of rows named by one unique text column (domains, keywords), created on first sight.
+
+    The cache may hold ids inserted by a batch that is then rolled back: forget() after a rollback.
+    """
+
+    def __init__(self, conn, table: str, column: str):
+        self.conn = conn
+        self.cache: dict[str, int] = {}
+        self._insert = f"INSERT OR IGNORE INTO {table}({column}{{extra}}) VALUES (?{{marks}})"
+        self._select = f"SELECT id FROM {table} WHERE {column} = ?"
+
+    def id(self, name: str, **extra) -> int:
+        found = self.cache.get(name)
+        if found is None:
+            sql = self._insert.format(extra="".join(", " + k for k in extra), marks=", ?" * len(extra))
+            self.conn.execute(sql, (name, *extra.values()))
+            found = self.cache[name] = self.conn.execute(self._select, (name,)).fetchone()[0]
+        return found
+
+    def forget(self):
+        self.cache.clear()
+
+
 _TRAINING_VALUES = ["width", "height", "similarity", "punsafe", "pwatermark", "aesthetic_score", "hash", "language"]
 
 
@@ -191,7 +215,7 @@ class _TrainingTarget:
 
     def __init__(self, conn):
         self.conn = conn
-        self._domain_ids: dict[str, int] = {}
+        self.domains = _NamedIds(conn, "domains", "domain")
 
     def prepare(self, batch: pa.RecordBatch) -> dict:
         """The Python-side work for a batch (keys, plain lists), done on the reader thread."""
@@ -203,7 +227,7 @@ class _TrainingTarget:
 
     def rows(self, prepared: dict, dataset_id: int) -> Iterable[tuple]:
         domains = prepared["domains"]
-        ids_of_domains = pa.array([self._domain_id(d) for d in domains.dictionary.to_pylist()], pa.int64())
+        ids_of_domains = pa.array([d and self.domains.id(d) for d in domains.dictionary.to_pylist()], pa.int64())
         domain_ids = pc.take(ids_of_domains, domains.indices).to_pylist()
         return zip(
             prepared["keys"],
@@ -214,21 +238,11 @@ class _TrainingTarget:
             [dataset_id] * len(domain_ids),
         )
 
-    def _domain_id(self, domain: str | None) -> int | None:
-        if domain is None:
-            return None
-        found = self._domain_ids.get(domain)
-        if found is None:
-            self.conn.execute("INSERT OR IGNORE INTO domains(domain) VALUES (?)", (domain,))
-            found = self.conn.execute("SELECT id FROM domains WHERE domain = ?", (domain,)).fetchone()[0]
-            self._domain_ids[domain] = found
-        return found
-
     def start(self, source):
         pass
 
     def forget_uncommitted(self):
-        self._domain_ids.clear()
+        self.domains.forget()
 
     def after_insert(self, last_id: int, prepared: dict):
         """Count the new rows (ids above last_id) per domain."""
@@ -270,7 +284,7 @@ class _GenerationTarget:
     def __init__(self, conn):
         self.conn = conn
         self.corpus = None
-        self._keyword_ids: dict[str, int] = {}
+        self.keywords = _NamedIds(conn, "keywords", "keyword")
 
     def start(self, source):
         self.corpus = CORPORA.get(source.format, source.format)
@@ -285,7 +299,11 @@ class _GenerationTarget:
                 keys.append(stable_key(self.corpus, source_id))
             else:
                 keys.append(stable_key(self.corpus, *("" if values[c][i] is None else str(values[c][i]) for c in _IDENTITY)))
-        return {"keys": keys, "keywords": extract_many(values["prompt"]), **values}
+        # Plain strings cross to the writer process far cheaper than Keyword objects.
+        keywords = extract_many(values["prompt"])
+        kinds = {keyword.text: keyword.kind for row in keywords for keyword in row}
+        texts = [tuple(keyword.text for keyword in row) for row in keywords]
+        return {"keys": keys, "keywords": texts, "kinds": kinds, **values}
 
     def rows(self, prepared: dict, dataset_id: int) -> Iterable[tuple]:
         n = len(prepared["keys"])
@@ -296,16 +314,8 @@ class _GenerationTarget:
             [dataset_id] * n,
         )
 
-    def _keyword_id(self, keyword) -> int:
-        found = self._keyword_ids.get(keyword.text)
-        if found is None:
-            self.conn.execute("INSERT OR IGNORE INTO keywords(keyword, kind) VALUES (?, ?)", (keyword.text, keyword.kind))
-            found = self.conn.execute("SELECT id FROM keywords WHERE keyword = ?", (keyword.text,)).fetchone()[0]
-            self._keyword_ids[keyword.text] = found
-        return found
-
     def forget_uncommitted(self):
-        self._keyword_ids.clear()
+        self.keywords.forget()
 
     def after_insert(self, last_id: int, prepared: dict):
         """Link the new generations (ids above last_id) to their keywords; count per keyword and day.
@@ -315,7 +325,8 @@ class _GenerationTarget:
         """
         conn = self.conn
         new_ids = dict(conn.execute(f"SELECT key, id FROM {self.table} WHERE id > ?", (last_id,)))
-        known = self._keyword_ids
+        known = self.keywords.cache
+        kinds = prepared["kinds"]
         links, link_days, prompt_days = [], [], Counter()
         for key, keywords, created_at in zip(prepared["keys"], prepared["keywords"], prepared["created_at"]):
             generation_id = new_ids.pop(key, None)  # pop: a key repeated in the batch was inserted once
@@ -324,7 +335,7 @@ class _GenerationTarget:
             day = created_at[:10] if created_at else None
             prompt_days[day] += 1
             # A set: the same text can come back as artist and as modifier, and it is one keyword row.
-            keyword_ids = sorted({known.get(k.text) or self._keyword_id(k) for k in keywords})
+            keyword_ids = sorted({known.get(text) or self.keywords.id(text, kind=kinds[text]) for text in keywords})
             links.extend((generation_id, keyword_id) for keyword_id in keyword_ids)
             link_days.extend((keyword_id, day) for keyword_id in keyword_ids)
         uses = Counter(keyword_id for keyword_id, _ in link_days)
