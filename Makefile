@@ -9,7 +9,7 @@ CHROMIUM := /usr/bin/chromium
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-serve demo demo-db serve test browser-deps bench bench-ingest bench-search clean
+.PHONY: help install install-serve demo demo-db test browser-deps bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -48,9 +48,10 @@ browser-deps: ## Debian's Chromium for the browser tests (installed when running
 test: install browser-deps ## Install everything and run the whole test suite
 	$(BIN)/python -m pytest -p no:cacheprovider -q
 
-bench: install ## Run the benchmarks (1M rows by default; ROWS=12096835 for full size)
+bench: install ## Run the benchmarks (ingest 1M rows, ROWS=12096835 for full size; search and prompts at 12.1M)
 	$(BIN)/python bench/ingest.py $(if $(ROWS),--rows $(ROWS))
 	$(BIN)/python bench/search.py $(if $(SEARCH_ROWS),--rows $(SEARCH_ROWS))
+	$(BIN)/python bench/prompts.py $(if $(SEARCH_ROWS),--training-rows $(SEARCH_ROWS))
 
 clean: ## Remove the venv, the demo database and benchmark caches
 	rm -rf $(VENV) $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm bench/cache

@@ -27,6 +27,7 @@ from ingest.readers.prompts import (
     parse_float,
     parse_int,
 )
+from ingest.readers.parquet import group_batches
 from ingest.records import GENERATION_SCHEMA, InputError, ReadBatch, Rejection
 from ingest.samplers import DIFFUSIONDB_CODES, canonical_sampler
 
@@ -97,7 +98,7 @@ class DiffusionDBParquetSource:
         groups, to_drop, next_row = self._row_groups_from(skip_rows)
         if not groups:
             return
-        batches = self._file.iter_batches(batch_size=max(1, batch_size), row_groups=groups, columns=self._columns)
+        batches = group_batches(self._file, self._columns, batch_size, groups)
         while True:
             try:
                 batch = next(batches)

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ingest.readers.parquet import batches_from
 from ingest.records import TRAINING_IMAGE_SCHEMA, InputError, ReadBatch, Rejection
 
 MAX_CAPTION_CHARS = 10_000
@@ -94,16 +95,10 @@ class LaionSource:
         self.synthetic = metadata.get(b"spellbook_synthetic") == b"true"
 
     def batches(self, batch_size: int, skip_rows: int = 0, min_aesthetic: float | None = None) -> Iterator[ReadBatch]:
-        first_row = 0  # 0-based index of the batch's first row in the file
+        first_row = skip_rows  # 0-based index of the next row in the file, for error messages
         columns = list(dict.fromkeys(self._source_columns.values()))
         try:
-            for raw in self._file.iter_batches(batch_size=batch_size, columns=columns, use_threads=True):
-                if first_row + raw.num_rows <= skip_rows:
-                    first_row += raw.num_rows
-                    continue
-                if first_row < skip_rows:
-                    raw = raw.slice(skip_rows - first_row)
-                    first_row = skip_rows
+            for first_row, raw in batches_from(self._file, columns, batch_size, skip_rows):
                 yield self._normalise(raw, first_row, min_aesthetic)
                 first_row += raw.num_rows
         except (pa.ArrowException, OSError) as error:
