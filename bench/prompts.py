@@ -73,17 +73,21 @@ def report_figures(db: Path, seed: int) -> dict:
     names = artists[:25] + rng.sample(artists[25:], min(25, len(artists) - 25))
     keywords = [k for (k,) in conn.execute("SELECT keyword FROM keywords ORDER BY prompt_count DESC LIMIT 200")]
     chosen = keywords[:25] + rng.sample(keywords[25:], min(25, len(keywords) - 25))
-    for name in names[:3]:  # warm the page cache
-        artist_report(conn, name)
-    artist_ms, keyword_ms = [], []
-    for name in names:
-        started = time.perf_counter()
-        artist_report(conn, name)
-        artist_ms.append((time.perf_counter() - started) * 1000)
-    for keyword in chosen:
-        started = time.perf_counter()
-        keyword_report(conn, keyword)
-        keyword_ms.append((time.perf_counter() - started) * 1000)
+    # Two passes: the first finds what the page cache holds ("cold"), the second is a warm server.
+    cold = {}
+    for attempt in ("cold", "warm"):
+        artist_ms, keyword_ms = [], []
+        for name in names:
+            started = time.perf_counter()
+            artist_report(conn, name)
+            artist_ms.append((time.perf_counter() - started) * 1000)
+        for keyword in chosen:
+            started = time.perf_counter()
+            keyword_report(conn, keyword)
+            keyword_ms.append((time.perf_counter() - started) * 1000)
+        if attempt == "cold":
+            cold = {"cold_artist_p99_ms": _common.percentile(artist_ms, 99), "cold_keyword_p50_ms": _common.median(keyword_ms)}
+            print(f"  first pass: artist report p50 {_common.median(artist_ms):.1f} ms p99 {_common.percentile(artist_ms, 99):.1f} ms")
     print(f"  artist report p50 {_common.median(artist_ms):7.1f} ms  p99 {_common.percentile(artist_ms, 99):7.1f} ms  ({len(names)} artists)")
     print(f"  keyword page  p50 {_common.median(keyword_ms):7.1f} ms  p99 {_common.percentile(keyword_ms, 99):7.1f} ms  ({len(chosen)} keywords)")
     return {
@@ -92,6 +96,7 @@ def report_figures(db: Path, seed: int) -> dict:
         "artist_p99_ms": _common.percentile(artist_ms, 99),
         "keyword_p50_ms": _common.median(keyword_ms),
         "keyword_p99_ms": _common.percentile(keyword_ms, 99),
+        **cold,
     }
 
 
