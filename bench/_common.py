@@ -14,9 +14,12 @@ BIN = Path(sys.executable).parent
 
 
 def synthetic(kind: str, rows: int, seed: int = 1) -> Path:
-    """bench/cache/<kind>-<rows>-<seed>.parquet, written by `spellbook synth` once and reused."""
+    """bench/cache/<kind>-<rows>-<seed>-g<generator version>.parquet, written by `spellbook synth`
+    once and reused until the generator changes."""
+    from ingest.synth import GENERATOR_VERSION
+
     CACHE.mkdir(exist_ok=True)
-    path = CACHE / f"{kind}-{rows}-{seed}.parquet"
+    path = CACHE / f"{kind}-{rows}-{seed}-g{GENERATOR_VERSION.rsplit('/', 1)[-1]}.parquet"
     if not path.exists():
         partial = path.with_suffix(".partial")
         started = time.perf_counter()

@@ -51,7 +51,7 @@ __all__ = [
     "synth_prompts",
 ]
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: the #synthetic mark replaces path characters, keeping real URL lengths
 ROW_GROUP_ROWS = 100_000
 SYNTHETIC_KEY = b"spellbook_synthetic"
 URL_MARK = "#synthetic"  # a fragment: never sent to the image host, and short (bytes/row stay realistic)
@@ -318,7 +318,25 @@ def _url_template(url: str, document_frequency: Counter) -> tuple[bytes, bytes] 
             ch = raw[i]
             classes[i] = 1 if 48 <= ch <= 57 else 2 if 97 <= ch <= 122 else 3
     mark = URL_MARK.encode()
-    return raw + mark, bytes(classes) + bytes(len(mark))
+    # The mark takes the place of random path characters (never below _URL_MIN_RANDOM of them), so the
+    # URLs keep the real samples' lengths and the bytes-per-row benchmark stays realistic.
+    budget = min(len(mark), sum(len(t.group()) for t in chosen) - _URL_MIN_RANDOM)
+    drops = []
+    for token in sorted(chosen, key=lambda t: -len(t.group())):
+        take = min(budget, len(token.group()) - 2)
+        if take > 0:
+            drops.append((token.end() - take, token.end()))
+            budget -= take
+        if budget <= 0:
+            break
+    kept, kept_classes, position = bytearray(), bytearray(), 0
+    for start, end in sorted(drops):
+        kept += raw[position:start]
+        kept_classes += classes[position:start]
+        position = end
+    kept += raw[position:]
+    kept_classes += classes[position:]
+    return bytes(kept) + mark, bytes(kept_classes) + bytes(len(mark))
 
 
 @lru_cache(maxsize=None)
