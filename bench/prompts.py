@@ -52,9 +52,10 @@ def ingest_figures(parquet: Path, rows: int) -> dict:
 
 
 def combined_database(training_rows: int, prompts: Path, rows: int, seed: int) -> Path:
-    db = _common.CACHE / f"reports-{training_rows}-{rows}-{seed}.db"
+    laion = _common.synthetic("laion", training_rows, seed)
+    db = _common.CACHE / f"reports-{laion.stem}-{prompts.stem}.db"
     if not db.exists():
-        training = _common.CACHE / f"search-{training_rows}-{seed}.db"
+        training = _common.CACHE / f"search-{laion.stem}.db"  # built by bench/search.py
         if not training.exists():
             subprocess.run([sys.executable, str(_common.BENCH_DIR / "search.py"), "--rows", str(training_rows), "--queries", "0"], check=True)
         partial = db.with_suffix(".building")

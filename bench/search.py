@@ -35,9 +35,10 @@ from ingest.site import make_datasette  # noqa: E402
 
 
 def database(rows: int, seed: int) -> Path:
-    db = CACHE / f"search-{rows}-{seed}.db"
+    """bench/cache/search-<synthetic file>.db: rebuilt whenever the synthetic file is."""
+    parquet = synthetic("laion", rows, seed)
+    db = CACHE / f"search-{parquet.stem}.db"
     if not db.exists():
-        parquet = synthetic("laion", rows, seed)
         partial = db.with_suffix(".building")
         for leftover in CACHE.glob(partial.name + "*"):
             leftover.unlink()
