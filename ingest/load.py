@@ -88,7 +88,11 @@ class KnownKeys:
 
 
 class _IngestLock:
-    """One ingest at a time per database: dedupe in memory is only sound with a single writer."""
+    """One ingest at a time per database: dedupe in memory is only sound with a single writer.
+
+    A POSIX record lock (lockf), not flock: it belongs to this process alone, so the forked reader
+    does not inherit it, and a kill -9 of the writer frees it at once for the rerun.
+    """
 
     def __init__(self, db_path: Path):
         self.path = Path(f"{db_path}.ingest-lock")
@@ -96,15 +100,15 @@ class _IngestLock:
     def __enter__(self):
         self.handle = open(self.path, "a")
         try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             self.handle.close()
             raise InputError(self.path.with_suffix(""), "another `spellbook ingest` is writing to this database; try again when it has finished") from None
         return self
 
     def __exit__(self, *exc):
         self.path.unlink(missing_ok=True)
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        fcntl.lockf(self.handle, fcntl.LOCK_UN)
         self.handle.close()
 
 
