@@ -25,7 +25,7 @@ from ingest.schema import (
 
 RANK_LIMIT = 5_000  # rank by bm25 at most this many matches (columnsize=0: bm25 re-tokenizes each, ~10 µs)
 WINDOWS = 50  # spread samples of huge results over this many id windows
-PREFIX_WINDOWS = 5  # fewer for prefixes: each window merges every matching term's doclist again
+PREFIX_WINDOWS = 5  # fewer for prefixes and phrases: each window merges doclists or checks positions again
 COUNT_LIMIT = 100_000  # count exactly up to here; beyond, the count comes from a sample
 BREAKDOWN_SAMPLE = 25_000  # domain breakdown of bigger results: from this many spread matches, scaled
 
@@ -195,8 +195,14 @@ def _is_prefix(match: str) -> bool:
     return match.endswith("*") or "* " in match
 
 
+def _is_phrase(match: str) -> bool:
+    return any(" " in phrase for phrase in re.findall(r'"([^"]*)"', match))
+
+
 def _windows(match: str) -> int:
-    return PREFIX_WINDOWS if _is_prefix(match) else WINDOWS
+    """How many id windows a spread sample takes: a window seeks cheaply in one term's doclist,
+    but a prefix re-merges many doclists and a phrase walks position lists to find its matches."""
+    return PREFIX_WINDOWS if _is_prefix(match) or _is_phrase(match) else WINDOWS
 
 
 def _max_id(conn, corpus: Corpus = TRAINING) -> int:
