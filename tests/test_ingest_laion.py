@@ -136,3 +136,11 @@ def test_folder_of_parquet_files(tmp_path, v1_parquet):
         write_v2(folder / f"part-{i}.parquet", [{"URL": f"https://example.com/{i}-{j}.jpg", "TEXT": f"caption {i} {j}"} for j in range(4)])
     summary = ingest_training_files(tmp_path / "f.db", [folder])
     assert len(summary.files) == 3 and summary.total("inserted") == 12
+
+
+def test_progress_bar_on_request(tmp_path, v1_parquet):
+    result = CliRunner().invoke(cli, ["ingest", "laion", str(tmp_path / "p.db"), str(v1_parquet), "--progress"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == v1_parquet.name  # the bar's label (on stderr; hidden bar off a terminal)
+    quiet = CliRunner().invoke(cli, ["ingest", "laion", str(tmp_path / "q.db"), str(v1_parquet), "--no-progress"])
+    assert quiet.output.splitlines()[0].startswith(str(v1_parquet))  # straight to the summary
