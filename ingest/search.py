@@ -1,15 +1,18 @@
 """Caption search and domain breakdowns: the read-only queries behind the pages and the benchmarks.
 
-Ranked FTS5 costs about a microsecond per matching row, and real captions are full of words that
-match most rows ("art", "of"). So: count the matches up to RANK_LIMIT first (cheap, no ranking);
-rank with bm25 only below that. Above it, results come from windows spread evenly over the id
-range (FTS5 seeks to a rowid cheaply), so a file sorted by domain or date cannot skew what is
-shown; the domain breakdown of a huge result counts such a spread sample and scales it up
-(marked as an estimate).
+Real captions are full of words that match most rows ("art", "of"), and FTS5's bm25 costs a
+microsecond per matching row plus a walk of every query term's whole doclist (for its document
+frequency). So one walk collects up to RANK_LIMIT matches, and those are shown shortest text first
+(there the matched words are most of the caption); highlighting is done for the shown rows only.
+Bigger results come from windows spread evenly over the id range (FTS5 seeks to a rowid cheaply),
+so a file sorted by domain or date cannot skew what is shown; the domain breakdown of a huge
+result counts such a spread sample and scales it up (marked as an estimate).
 """
 from __future__ import annotations
 
+import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 from markupsafe import Markup, escape
@@ -23,13 +26,13 @@ from ingest.schema import (
     TRAINING_TABLE,
 )
 
-RANK_LIMIT = 5_000  # rank by bm25 at most this many matches (columnsize=0: bm25 re-tokenizes each, ~10 µs)
+RANK_LIMIT = 5_000  # order at most this many matches by relevance; bigger results are spread samples
 WINDOWS = 50  # spread samples of huge results over this many id windows
 PREFIX_WINDOWS = 5  # fewer for prefixes and phrases: each window merges doclists or checks positions again
 COUNT_LIMIT = 100_000  # count exactly up to here; beyond, the count comes from a sample
 BREAKDOWN_SAMPLE = 25_000  # domain breakdown of bigger results: from this many spread matches, scaled
 
-_MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"  # private-use characters: never in captions we show
+_TOKEN_CHARS = re.compile(r"[^\W_]+", re.UNICODE)  # what unicode61 calls a token: letters and digits
 _TOKEN = re.compile(r'"([^"]*)"|(\S+)')
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -55,12 +58,46 @@ def fts_query(text: str) -> str | None:
     return " ".join(parts) or None
 
 
-def highlighted(text: str | None) -> Markup:
-    """FTS5 highlight() output, escaped, with the matches in <mark>."""
+def fold(word: str) -> str:
+    """Lower case without diacritics, as the FTS5 tokenizer (unicode61 remove_diacritics 2) folds."""
+    decomposed = unicodedata.normalize("NFKD", word.lower())
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+def match_terms(match: str | None) -> tuple[frozenset, tuple]:
+    """The folded words of an FTS query, and its prefixes (for highlighting)."""
+    if not match:
+        return frozenset(), ()
+    words, prefixes = set(), []
+    for phrase, star in re.findall(r'"([^"]*)"(\*?)', match):
+        parts = [fold(w) for w in _TOKEN_CHARS.findall(phrase)]
+        if star and parts:
+            prefixes.append(parts.pop())
+        words.update(parts)
+    return frozenset(words), tuple(prefixes)
+
+
+def highlighted(text: str | None, terms: tuple[frozenset, tuple] = (frozenset(), ())) -> Markup:
+    """The text, escaped, with every word of the query in <mark>.
+
+    Done here rather than with FTS5's highlight(): under ORDER BY rank SQLite evaluates highlight()
+    for every match before sorting (160 ms for 2,000 matches of a common phrase), and only the
+    shown rows need it. Words are matched folded, as the index matched them.
+    """
     if text is None:
         return Markup("")
-    safe = str(escape(text))
-    return Markup(safe.replace(_MARK_OPEN, "<mark>").replace(_MARK_CLOSE, "</mark>"))
+    words, prefixes = terms
+    if not words and not prefixes:
+        return Markup(escape(text))
+    parts, position = [], 0
+    for token in _TOKEN_CHARS.finditer(text):
+        folded = fold(token.group())
+        if folded in words or any(folded.startswith(prefix) for prefix in prefixes):
+            parts.append(escape(text[position:token.start()]))
+            parts.append(Markup("<mark>%s</mark>") % token.group())
+            position = token.end()
+    parts.append(escape(text[position:]))
+    return Markup("").join(parts)
 
 
 def safe_url(url: str | None) -> str | None:
@@ -150,9 +187,33 @@ def search_prompts(conn, q: str, limit: int = 100, offset: int = 0) -> SearchRes
 
 
 def fts_page(conn, corpus: Corpus, q: str, match: str, limit: int, offset: int, where: str = "", params: dict | None = None) -> SearchResult:
-    """One page of matches: bm25-ranked up to RANK_LIMIT matches, else spread over the id range."""
+    """One page of matches: up to RANK_LIMIT matches in relevance order (shortest text first), else
+    matches spread evenly over the id range."""
     params = {"match": match, "limit": limit, "offset": offset, **(params or {})}
     condition = f" AND {where}" if where else ""
+    join = f"JOIN {corpus.table} t ON t.id = f.rowid" if where else ""
+    terms = match_terms(match)
+    # One walk gives both the count and, for results small enough to order, every candidate.
+    candidates = [
+        rowid
+        for (rowid,) in conn.execute(
+            f"SELECT f.rowid FROM {corpus.fts} f {join} WHERE {corpus.fts} MATCH :match{condition} LIMIT {RANK_LIMIT + 1}", params
+        )
+    ]
+    if len(candidates) <= RANK_LIMIT:
+        # Shortest text first: there the matched words are most of the caption or prompt. (bm25 would
+        # walk every query term's whole doclist again for its document frequency: 90 ms for
+        # "master of the bambino vispo" at 12M rows, because of "of" and "the".)
+        ids = [
+            rowid
+            for (rowid,) in conn.execute(
+                f"""SELECT id FROM {corpus.table} WHERE id IN (SELECT value FROM json_each(:ids))
+                    ORDER BY length({corpus.text}), id LIMIT :limit OFFSET :offset""",
+                {"ids": json.dumps(candidates), "limit": limit, "offset": offset},
+            )
+        ]
+        rows = _rows_by_id(conn, corpus, ids, terms)
+        return SearchResult(query=q, total=len(candidates), total_exact=True, ranked=True, rows=rows)
     if where:
         matches = conn.execute(
             f"""SELECT count(*) FROM (SELECT t.id FROM {corpus.fts} f JOIN {corpus.table} t ON t.id = f.rowid
@@ -160,35 +221,33 @@ def fts_page(conn, corpus: Corpus, q: str, match: str, limit: int, offset: int, 
             params,
         ).fetchone()[0]
     elif _is_prefix(match):
-        # A prefix merges many terms' doclists: counting far is slow, so count only what ranking needs.
-        matches = count_matches(conn, match, RANK_LIMIT, corpus)
-        if matches > RANK_LIMIT:
-            matches = max(COUNT_LIMIT + 1, estimate_matches(conn, match, corpus))
+        # A prefix merges many terms' doclists: counting further is slow; estimate instead.
+        matches = max(COUNT_LIMIT + 1, estimate_matches(conn, match, corpus))
     else:
         matches = count_matches(conn, match, COUNT_LIMIT, corpus)
-    ranked = matches <= RANK_LIMIT
     total, exact = matches, matches <= COUNT_LIMIT
     if not exact:
         total = estimate_matches(conn, match, corpus)
-    select = f"""
-        SELECT {corpus.columns}, highlight({corpus.fts}, 0, '{_MARK_OPEN}', '{_MARK_CLOSE}') AS highlighted
-        FROM {corpus.fts} f JOIN {corpus.table} t ON t.id = f.rowid {corpus.joins}
-        WHERE {corpus.fts} MATCH :match{condition}
-    """
-    if ranked:
-        sql = select + " ORDER BY f.rank LIMIT :limit OFFSET :offset"
-        rows = [_row_dict(corpus, row, description) for row, description in _fetch(conn, sql, params)]
-        return SearchResult(query=q, total=total, total_exact=exact, ranked=True, rows=rows)
     # A page of a huge result: the same number of matches from each of `windows` id windows.
     windows = min(_windows(match), limit)
     params.update(per_window=-(-limit // windows), skip=offset // windows)
-    sql = select + " AND f.rowid >= :start ORDER BY f.rowid LIMIT :per_window OFFSET :skip"
-    rows = []
+    sql = f"""SELECT f.rowid FROM {corpus.fts} f {join} WHERE {corpus.fts} MATCH :match{condition}
+              AND f.rowid >= :start ORDER BY f.rowid LIMIT :per_window OFFSET :skip"""
+    ids = []
     for start in _window_starts(_max_id(conn, corpus), windows):
-        rows.extend(_row_dict(corpus, row, description) for row, description in _fetch(conn, sql, dict(params, start=start)))
-        if len(rows) >= limit:
+        ids.extend(rowid for (rowid,) in conn.execute(sql, dict(params, start=start)))
+        if len(ids) >= limit:
             break
-    return SearchResult(query=q, total=total, total_exact=exact, ranked=False, rows=rows[:limit])
+    ids = list(dict.fromkeys(ids))[:limit]
+    return SearchResult(query=q, total=total, total_exact=exact, ranked=False, rows=_rows_by_id(conn, corpus, ids, terms))
+
+
+def _rows_by_id(conn, corpus: Corpus, ids: list[int], terms) -> list[dict]:
+    """The rows with these ids, in this order, with their text highlighted."""
+    sql = f"""SELECT {corpus.columns}, t.{corpus.text} AS highlighted FROM {corpus.table} t {corpus.joins}
+              WHERE t.id IN (SELECT value FROM json_each(?))"""
+    by_id = {row["id"]: row for row in (_row_dict(corpus, r, d, terms) for r, d in _fetch(conn, sql, (json.dumps(ids),)))}
+    return [by_id[i] for i in ids if i in by_id]
 
 
 def _is_prefix(match: str) -> bool:
@@ -238,9 +297,9 @@ def _fetch(conn, sql, params):
         yield row, description
 
 
-def _row_dict(corpus: Corpus, row, description) -> dict:
+def _row_dict(corpus: Corpus, row, description, terms=(frozenset(), ())) -> dict:
     record = dict(zip(description, row))
-    record["text_html"] = highlighted(record.pop("highlighted"))
+    record["text_html"] = highlighted(record.pop("highlighted"), terms)
     record["safe_url"] = safe_url(record[corpus.url])
     return record
 

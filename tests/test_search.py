@@ -58,3 +58,11 @@ def test_domain_breakdown_estimate_from_spread_sample(sorted_db):
     assert estimate["estimated"] is True and estimate["total"] == 600
     counts = {d["domain"]: d["count"] for d in estimate["domains"]}
     assert 240 <= counts["alpha.com"] <= 360 and 240 <= counts["beta.com"] <= 360
+
+
+def test_highlight_folds_like_the_index_and_escapes():
+    terms = search.match_terms(search.fts_query('"simon stalenhag" port*'))
+    html = str(search.highlighted("<b>Simon</b> Stålenhag's PORTRAITS & more", terms))
+    assert html == "&lt;b&gt;<mark>Simon</mark>&lt;/b&gt; <mark>Stålenhag</mark>&#39;s <mark>PORTRAITS</mark> &amp; more"
+    assert str(search.highlighted("no match here", terms)) == "no match here"
+    assert str(search.highlighted("<i>x</i>")) == "&lt;i&gt;x&lt;/i&gt;"
