@@ -66,3 +66,12 @@ def test_highlight_folds_like_the_index_and_escapes():
     assert html == "&lt;b&gt;<mark>Simon</mark>&lt;/b&gt; <mark>Stålenhag</mark>&#39;s <mark>PORTRAITS</mark> &amp; more"
     assert str(search.highlighted("no match here", terms)) == "no match here"
     assert str(search.highlighted("<i>x</i>")) == "&lt;i&gt;x&lt;/i&gt;"
+
+
+def test_small_results_come_shortest_text_first(sorted_db):
+    conn = connect(sorted_db)
+    result = search.search_training(conn, "tabby")
+    lengths = [len(row["caption"]) for row in result.rows]
+    assert lengths == sorted(lengths) and lengths[0] < lengths[-1]
+    page = search.search_training(conn, "tabby", limit=2, offset=2)
+    assert [r["id"] for r in page.rows] == [r["id"] for r in result.rows[2:4]]
