@@ -46,11 +46,6 @@ def hosts(urls: pa.Array) -> pa.Array:
     return pc.utf8_lower(pc.struct_field(matched, "host"))
 
 
-def url_domain(url: str) -> str | None:
-    """Registered domain of a single URL."""
-    return registered_domain(hosts(pa.array([url], pa.string()))[0].as_py())
-
-
 def registered_domains(urls: pa.Array) -> pa.DictionaryArray:
     """Registered domain of every URL, as a dictionary array (indices into distinct domains)."""
     encoded = pc.dictionary_encode(hosts(urls))

@@ -127,6 +127,14 @@ def training_mentions(conn, phrase: str) -> dict:
 
 
 def keyword_report(conn, keyword: str) -> dict | None:
+    """A keyword's prompt side, and how many training captions contain its words."""
+    report = _prompt_side(conn, keyword)
+    if report is not None:
+        report["training"] = training_mentions(conn, report["keyword"])
+    return report
+
+
+def _prompt_side(conn, keyword: str) -> dict | None:
     row = conn.execute("SELECT id, keyword, kind, prompt_count FROM keywords WHERE keyword = ?", (keyword,)).fetchone()
     if row is None:
         return None
@@ -142,7 +150,6 @@ def keyword_report(conn, keyword: str) -> dict | None:
         "cooccurring": _cooccurring(conn, keyword_id),
         "cooccurrence_sample": min(prompt_count, COOCCURRENCE_SAMPLE),
         "examples": _example_generations(conn, keyword_id),
-        "training": training_mentions(conn, text),
     }
 
 
@@ -185,12 +192,11 @@ def artist_report(conn, name: str) -> dict:
             "examples": search_training(conn, training["query"], limit=EXAMPLES).rows if match else [],
         },
     }
-    keyword = keyword_report(conn, name)
-    prompts = total_prompts(conn)
+    keyword = _prompt_side(conn, name)  # its training count is the one above
     report["prompts"] = {
         "count": keyword["prompt_count"] if keyword else 0,
         "share": keyword["prompt_share"] if keyword else 0.0,
-        "total": prompts,
+        "total": keyword["total_prompts"] if keyword else total_prompts(conn),
         "days": keyword["days"] if keyword else [],
         "cooccurring": keyword["cooccurring"] if keyword else [],
         "examples": keyword["examples"] if keyword else [],

@@ -235,8 +235,3 @@ def ensure_schema(conn) -> None:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-
-
-def is_spellbook_database(conn) -> bool:
-    names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    return TRAINING_TABLE in names

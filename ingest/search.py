@@ -165,7 +165,7 @@ def _domain_id(conn, domain: str | None) -> int | None:
 
 
 def search_training(conn, q: str, limit: int = 100, offset: int = 0, domain: str | None = None) -> SearchResult:
-    """Top caption matches for q (bm25 where affordable), optionally from one domain."""
+    """Caption matches for q (shortest first when few enough to order), optionally from one domain."""
     match = fts_query(q)
     domain_id = _domain_id(conn, domain)
     if match is None:
@@ -221,13 +221,11 @@ def fts_page(conn, corpus: Corpus, q: str, match: str, limit: int, offset: int, 
             params,
         ).fetchone()[0]
     elif _is_prefix(match):
-        # A prefix merges many terms' doclists: counting further is slow; estimate instead.
-        matches = max(COUNT_LIMIT + 1, estimate_matches(conn, match, corpus))
+        matches = COUNT_LIMIT + 1  # a prefix merges many terms' doclists: counting further is slow
     else:
         matches = count_matches(conn, match, COUNT_LIMIT, corpus)
-    total, exact = matches, matches <= COUNT_LIMIT
-    if not exact:
-        total = estimate_matches(conn, match, corpus)
+    exact = matches <= COUNT_LIMIT
+    total = matches if exact else estimate_matches(conn, match, corpus)
     # A page of a huge result: the same number of matches from each of `windows` id windows.
     windows = min(_windows(match), limit)
     params.update(per_window=-(-limit // windows), skip=offset // windows)
@@ -338,7 +336,7 @@ def domain_breakdown(conn, q: str | None = None, top: int = 15, sample: int = BR
         return _breakdown(q or None, total, rows, estimated=False)
     matches = count_matches(conn, match, sample)
     if matches <= sample:
-        rows = _domain_counts(conn, match, f"SELECT rowid FROM {TRAINING_FTS} WHERE {TRAINING_FTS} MATCH :match", {"match": match})
+        rows = _domain_counts(conn, f"SELECT rowid FROM {TRAINING_FTS} WHERE {TRAINING_FTS} MATCH :match", {"match": match})
         return _breakdown(q, matches, rows[:top], estimated=False, counted=sum(n for _, n in rows))
     # Count `sample` matches taken evenly from WINDOWS id windows, and scale up.
     total = estimate_matches(conn, match)
@@ -347,14 +345,14 @@ def domain_breakdown(conn, q: str | None = None, top: int = 15, sample: int = BR
         f"SELECT * FROM (SELECT rowid FROM {TRAINING_FTS} WHERE {TRAINING_FTS} MATCH :match AND rowid >= {start} ORDER BY rowid LIMIT {per_window})"
         for start in _window_starts(_max_id(conn), _windows(match))
     )
-    rows = _domain_counts(conn, match, windows, {"match": match})
+    rows = _domain_counts(conn, windows, {"match": match})
     counted = sum(n for _, n in rows) or 1
     scale = total / counted
     scaled = [(domain, round(n * scale)) for domain, n in rows]
     return _breakdown(q, total, scaled[:top], estimated=True, counted=sum(n for _, n in scaled))
 
 
-def _domain_counts(conn, match: str, matches_sql: str, params: dict) -> list[tuple[str, int]]:
+def _domain_counts(conn, matches_sql: str, params: dict) -> list[tuple[str, int]]:
     return conn.execute(
         f"""
         SELECT d.domain, count(*) AS n
