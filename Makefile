@@ -7,31 +7,35 @@ PORT ?= 8001
 CHROMIUM := /usr/bin/chromium
 # pip's own cap on this machine keeps torch at the pair that lies on disk; the pins in pyproject say the same.
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+# The Datasette line `make test` runs on (the current stable one), and the 1.0 line `make test-datasette-1` runs on.
+DATASETTE ?= datasette==0.65.5
+DATASETTE_1 ?= datasette>=1.0a0,<1.1
+VENV_1 := .venv-datasette1
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-serve demo demo-db test browser-deps bench clean
+.PHONY: help install install-serve demo demo-db test test-datasette-1 browser-deps bench clean
 
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 
 $(VENV)/.installed-serve: pyproject.toml | $(BIN)/python
-	$(PIP) install -e .
+	$(PIP) install -e . '$(DATASETTE)'
 	touch $@
 
 $(VENV)/.installed-all: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[clip,runner,test]'
+	$(PIP) install -e '.[clip,runner,test]' '$(DATASETTE)'
 	touch $@ $(VENV)/.installed-serve
 
 install-serve: $(VENV)/.installed-serve ## Install what serving and ingest need (no torch) into .venv
 
 install: $(VENV)/.installed-all ## Install everything into .venv, extras included (CLIP, runner, tests)
 
-$(DEMO_DB): $(VENV)/.installed-serve $(wildcard data/laion/*.parquet data/laion/*.csv data/prompts/*) ingest/*.py ingest/readers/*.py
-	$(BIN)/python -m ingest.demo $(DEMO_DB)
+$(DEMO_DB): $(VENV)/.installed-serve $(wildcard data/laion/*.parquet data/laion/*.csv data/prompts/*) $(wildcard ingest/*.py ingest/readers/*.py database/*.py text/*.py text/vocab/*)
+	$(BIN)/python -m spellbook.ingest.demo $(DEMO_DB)
 
 demo-db: $(DEMO_DB) ## Build data/demo.db from the bundled real samples
 
@@ -45,8 +49,18 @@ browser-deps: ## Debian's Chromium for the browser tests (installed when running
 	  else echo "Chromium is missing and this is not root: the browser tests will be skipped"; fi; \
 	fi
 
-test: install browser-deps ## Install everything and run the whole test suite
+test: install browser-deps ## Install everything and run the whole test suite (on Datasette 0.65)
 	$(BIN)/python -m pytest -p no:cacheprovider -q
+
+$(VENV_1)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV_1)
+	$(VENV_1)/bin/python -m pip --disable-pip-version-check -q install --upgrade pip
+	$(VENV_1)/bin/python -m pip --disable-pip-version-check -q install -e '.[test]' '$(DATASETTE_1)'
+	touch $@
+
+test-datasette-1: $(VENV_1)/.installed browser-deps ## Run the page tests on the latest Datasette 1.0 alpha, in its own venv (.venv-datasette1)
+	@$(VENV_1)/bin/python -c "import importlib.metadata as m; print('Datasette', m.version('datasette'))"
+	$(VENV_1)/bin/python -m pytest -p no:cacheprovider -q -m pages
 
 bench: install ## Run the benchmarks (ingest 1M rows, ROWS=12096835 for full size; search and prompts at 12.1M)
 	$(BIN)/python bench/ingest.py $(if $(ROWS),--rows $(ROWS))
@@ -54,4 +68,4 @@ bench: install ## Run the benchmarks (ingest 1M rows, ROWS=12096835 for full siz
 	$(BIN)/python bench/prompts.py $(if $(SEARCH_ROWS),--training-rows $(SEARCH_ROWS))
 
 clean: ## Remove the venv, the demo database and benchmark caches
-	rm -rf $(VENV) $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm bench/cache
+	rm -rf $(VENV) $(VENV_1) $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm bench/cache

@@ -16,7 +16,7 @@ BIN = Path(sys.executable).parent
 def synthetic(kind: str, rows: int, seed: int = 1) -> Path:
     """bench/cache/<kind>-<rows>-<seed>-g<generator version>.parquet, written by `spellbook synth`
     once and reused until the generator changes."""
-    from ingest.synth import GENERATOR_VERSION
+    from spellbook.ingest.synth import GENERATOR_VERSION
 
     CACHE.mkdir(exist_ok=True)
     path = CACHE / f"{kind}-{rows}-{seed}-g{GENERATOR_VERSION.rsplit('/', 1)[-1]}.parquet"

@@ -7,17 +7,12 @@ pipeline, on the same synthetic LAION-Aesthetics V2 file, in the same run.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-# This folder holds ingest.py, which would shadow the ingest package: keep it off sys.path.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-_spec = importlib.util.spec_from_file_location("bench_common", Path(__file__).resolve().parent / "_common.py")
-_common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_common)
+import _common  # noqa: E402  (bench/_common.py: this script's folder is first on sys.path)
 BENCH_DIR, BIN, database_bytes, result_line, synthetic, timed = _common.BENCH_DIR, _common.BIN, _common.database_bytes, _common.result_line, _common.synthetic, _common.timed
 
 

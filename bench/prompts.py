@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import random
 import shutil
 import subprocess
@@ -21,14 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-# This folder holds ingest.py, which would shadow the ingest package: keep it off sys.path.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-_spec = importlib.util.spec_from_file_location("bench_common", Path(__file__).resolve().parent / "_common.py")
-_common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_common)
+import _common  # noqa: E402  (bench/_common.py: this script's folder is first on sys.path)
 
-from ingest.db import connect_readonly  # noqa: E402
-from ingest.reports import artist_report, keyword_report  # noqa: E402
+from spellbook.database.connect import connect_readonly  # noqa: E402
+from spellbook.queries.reports import artist_report, keyword_report  # noqa: E402
 
 
 def ingest_figures(parquet: Path, rows: int) -> dict:

@@ -1,6 +1,6 @@
 """Search benchmark on a synthetic LAION-Aesthetics database (default: the full 12,096,835 rows).
 
-Times, per query: our top 100 by rank with highlights (ingest.search), the domain breakdown, our
+Times, per query: our top 100 by rank with highlights (spellbook.queries.search), the domain breakdown, our
 results page (/-/search) and, as the baseline in the same run, Datasette's stock table page
 (?_search=...&_nosuggest=1), both through Datasette's ASGI client. The stock page gets a 60 s SQL
 time limit instead of its default 1 s, so that it is measured rather than cut off.
@@ -11,7 +11,6 @@ time limit instead of its default 1 s, so that it is measured rather than cut of
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import asyncio
 import random
 import re
@@ -22,16 +21,14 @@ import urllib.parse
 from collections import Counter
 from pathlib import Path
 
-# This folder holds ingest.py, which would shadow the ingest package: keep it off sys.path.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-_spec = importlib.util.spec_from_file_location("bench_common", Path(__file__).resolve().parent / "_common.py")
-_common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_common)
+import _common  # noqa: E402  (bench/_common.py: this script's folder is first on sys.path)
 BIN, CACHE, median, percentile, result_line, synthetic = _common.BIN, _common.CACHE, _common.median, _common.percentile, _common.result_line, _common.synthetic
 
-from ingest.db import connect_readonly  # noqa: E402
-from ingest.search import count_matches, domain_breakdown, fts_query, search_training  # noqa: E402
-from ingest.site import make_datasette  # noqa: E402
+from spellbook.database.connect import connect_readonly  # noqa: E402
+from spellbook.queries.domains import domain_breakdown  # noqa: E402
+from spellbook.queries.search import count_matches, search_training  # noqa: E402
+from spellbook.text.fts import fts_query  # noqa: E402
+from spellbook.site import make_datasette  # noqa: E402
 
 
 def database(rows: int, seed: int) -> Path:

@@ -1,5 +1,1 @@
-"""Spellbook: LAION-Aesthetics and prompt corpora in one SQLite database, explored in Datasette."""
-from pathlib import Path
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = PROJECT_ROOT / "data"
+"""The write side: readers turn source files into normalised records, load writes them."""

@@ -1,25 +1,15 @@
 """Per-artist counts on both sides, refreshed after every ingest (the landing page's two lists).
 
 Training side: how many captions contain the name as a phrase (FTS5, folded like every search).
-Prompt side: how many prompts carry the name as an artist keyword (ingest/keywords.py).
+Prompt side: how many prompts carry the name as an artist keyword (spellbook.text.keywords).
 """
 from __future__ import annotations
 
-from ingest import DATA_DIR
-from ingest.schema import TRAINING_FTS
-from ingest.search import fts_query
+from spellbook.database.schema import TRAINING_FTS
+from spellbook.text.fts import fts_query
+from spellbook.text.keywords import vocabulary_names
 
 MIN_PROMPT_USES = 3  # artists found only after "by" join the list once this many prompts use them
-
-
-def vocabulary_names() -> list[str]:
-    """The artist vocabulary (clip-interrogator's artists.txt, MIT), lower-cased, without the
-    entries that are ordinary words ("artist", "constant"): as phrases they match any caption."""
-    from ingest.keywords import DEFAULT_ANYWHERE_DENY
-
-    path = DATA_DIR / "vocab" / "artists.txt"
-    names = {line.strip().lower() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
-    return sorted(names - DEFAULT_ANYWHERE_DENY)
 
 
 def training_count(conn, name: str) -> int:

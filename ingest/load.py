@@ -9,7 +9,6 @@ operations inside SQLite.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import itertools
 import os
 import sys
@@ -24,41 +23,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ingest import schema
-from ingest.db import connect
-from ingest.domains import registered_domains
-from ingest.records import InputError, Rejection
+from spellbook.database import schema
+from spellbook.database.connect import connect
+from spellbook.ingest.domains import registered_domains
+from spellbook.ingest.keys import file_sha256, stable_key, stable_keys
+from spellbook.ingest.records import InputError, Rejection
 
 _SHOWN_REJECTIONS = 20
-
-
-def stable_key(*parts: str | None) -> int:
-    """A 63-bit integer that depends only on the parts (blake2b): the same in every run and database."""
-    text = "\x1f".join("" if part is None else part for part in parts)
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big") >> 1
-
-
-def _stable_keys(*columns: list) -> list[int]:
-    blake2b = hashlib.blake2b
-    if len(columns) == 2:  # the hot path (LAION url + caption), without the generic join
-        return [
-            int.from_bytes(blake2b(f"{a}\x1f{b}".encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big") >> 1
-            for a, b in zip(*columns)
-        ]
-    return [stable_key(*parts) for parts in zip(*columns)]
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file; for a folder (of images), of each file's relative path and sha256."""
-    path = Path(path)
-    if path.is_dir():
-        listing = "".join(f"{p.relative_to(path)}\t{file_sha256(p)}\n" for p in sorted(path.rglob("*")) if p.is_file())
-        return hashlib.sha256(listing.encode()).hexdigest()
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class KnownKeys:
@@ -228,7 +199,7 @@ class _TrainingTarget:
         captions = batch.column("caption").to_pylist()
         domains = registered_domains(batch.column("url"))
         columns = {name: batch.column(name).to_pylist() for name in _TRAINING_VALUES}
-        return {"keys": _stable_keys(urls, captions), "url": urls, "caption": captions, "domains": domains, **columns}
+        return {"keys": stable_keys(urls, captions), "url": urls, "caption": captions, "domains": domains, **columns}
 
     def rows(self, prepared: dict, dataset_id: int) -> Iterable[tuple]:
         domains = prepared["domains"]
@@ -295,7 +266,7 @@ class _GenerationTarget:
         self.corpus = CORPORA.get(source.format, source.format)
 
     def prepare(self, batch: pa.RecordBatch) -> dict:
-        from ingest.keywords import extract_many
+        from spellbook.text.keywords import extract_many
 
         values = {name: batch.column(name).to_pylist() for name in _GENERATION_VALUES}
         keys = []
@@ -554,7 +525,7 @@ def _ingest(db_path: Path, sources, target_class, batch_size: int, progress: boo
                     unique = "UNIQUE " if columns.endswith("(key)") else ""
                     conn.execute(f"CREATE {unique}INDEX IF NOT EXISTS {index} ON {columns}")
             if any(not f.error for f in summary.files):
-                from ingest.artists import refresh_artists
+                from spellbook.ingest.artists import refresh_artists
 
                 started_refresh = time.perf_counter()
                 summary.artists = refresh_artists(conn)
@@ -568,7 +539,7 @@ def _ingest(db_path: Path, sources, target_class, batch_size: int, progress: boo
 
 def ingest_training_files(db_path: Path, paths, min_aesthetic: float | None = None, batch_size: int = 50_000, progress: bool = False) -> Summary:
     """`spellbook ingest laion`: LAION parquet files (or folders of them) into db_path."""
-    from ingest.readers.laion import open_laion, parquet_files
+    from spellbook.ingest.readers import open_laion, parquet_files
 
     files = [file for path in paths for file in parquet_files(Path(path))]
     sources = [lambda file=file: open_laion(file) for file in files]
@@ -578,7 +549,7 @@ def ingest_training_files(db_path: Path, paths, min_aesthetic: float | None = No
 
 def ingest_prompt_files(db_path: Path, paths, source_format: str | None = None, batch_size: int = 50_000, progress: bool = False) -> Summary:
     """`spellbook ingest prompts`: prompt corpora (DiffusionDB, Lexica, Krea, I2P, image folders) into db_path."""
-    from ingest.readers.prompts import open_prompt_source
+    from spellbook.ingest.readers import open_prompt_source
 
     sources = [lambda path=path: open_prompt_source(Path(path), source_format) for path in paths]
     return _ingest(Path(db_path), sources, _GenerationTarget, batch_size, progress)

@@ -2,7 +2,7 @@
 
 Readers turn each source format into Arrow record batches with exactly these columns (so that
 12M rows never become 12M Python objects), plus the rows they rejected and why. They never touch
-SQLite; `ingest.load` does.
+SQLite; `spellbook.ingest.load` does.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ GENERATION_SCHEMA = pa.schema(
         ("seed", pa.int64()),  # full uint32 range, so int64
         ("steps", pa.int64()),
         ("cfg", pa.float64()),  # never clamped: 255 and 500 are real values
-        ("sampler", pa.string()),  # canonical name, see ingest.samplers
+        ("sampler", pa.string()),  # canonical name, see spellbook.text.samplers
         ("sampler_original", pa.string()),  # as the source wrote it ("8", "k_lms", "Euler a")
         ("width", pa.int64()),
         ("height", pa.int64()),

@@ -7,7 +7,7 @@ import-free run time, from the small real samples in data/ (10,000 LAION caption
 9,460 DiffusionDB prompts, 1,000 DiffusionDB metadata rows, 5,265 artist names).
 
 Nothing here can be mistaken for real data:
-- the parquet schema metadata carries b"spellbook_synthetic" = b"true" (ingest.readers.laion reads it), a
+- the parquet schema metadata carries b"spellbook_synthetic" = b"true" (spellbook.ingest.readers.laion reads it), a
   description, the generator version and the seed;
 - every LAION URL ends in the fragment #synthetic, its host is real but its path is
   randomised, so no URL points at a real image;
@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
@@ -37,6 +36,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
+from spellbook.text.fold import fold, latin_spelling
+from spellbook.text.keywords import DEFAULT_ARTISTS_FILE, NOT_NAMES
 
 __all__ = [
     "DIFFUSIONDB_SCHEMA",
@@ -51,11 +53,19 @@ __all__ = [
     "synth_prompts",
 ]
 
-GENERATOR_VERSION = "2"  # 2: the #synthetic mark replaces path characters, keeping real URL lengths
+GENERATOR_VERSION = "3"  # 2: the #synthetic mark keeps real URL lengths; 3: the one NOT_NAMES list and the index's folding
 ROW_GROUP_ROWS = 100_000
 SYNTHETIC_KEY = b"spellbook_synthetic"
 URL_MARK = "#synthetic"  # a fragment: never sent to the image host, and short (bytes/row stay realistic)
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # the checkout's real samples
+
+
+def _require_samples() -> None:
+    """The generator learns from the real samples in a checkout's data/; an installed package has none."""
+    if not (DATA_DIR / "laion").is_dir():
+        from spellbook.ingest.records import InputError
+
+        raise InputError(DATA_DIR, "the synthetic generator learns its distributions from the real samples in a Spellbook checkout's data/ folder; run it from a checkout")
 
 # The published schemas, spelled out so that writing needs none of the sample files
 # (tests compare them with data/laion/..._SCHEMA_ONLY_0rows.parquet and data/prompts/..._schema.parquet).
@@ -162,31 +172,26 @@ def _write(out_path, schema: pa.Schema, tables) -> None:
 # 1. Artist names: loading, folding, finding
 # ---------------------------------------------------------------------------------------------------------
 
-# Vocabulary entries that are words or studios rather than a person's name; never generated, never matched.
-_NOT_ARTISTS = {"artist", "constant", "bauhaus", "disney", "pixar", "ino", "hanna-barbera"}
-# Letters that NFKD does not split into base letter + accent.
-_FOLD = str.maketrans({"ł": "l", "Ł": "L", "ø": "o", "Ø": "O", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE",
-                       "ß": "ss", "đ": "d", "Đ": "D", "ð": "d", "þ": "th", "ı": "i"})
 _WORD_SPLIT = re.compile(r"[\W_]+")
 
 
 def _fold(text: str) -> str:
-    """ASCII-fold the way prompt writers type names: "Simon Stålenhag" -> "Simon Stalenhag"."""
-    decomposed = unicodedata.normalize("NFKD", text.translate(_FOLD))
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    """Names as prompt writers type them: folded as the index folds ("Simon Stålenhag" -> "simon
+    stalenhag"), with the letters the index keeps spelt in Latin ("zdzisław" -> "zdzislaw")."""
+    return latin_spelling(fold(text))
 
 
 def _name_key(text: str) -> tuple[str, ...]:
     """Case-, accent- and punctuation-blind word tuple: "H. R. Giger", "h.r. giger" -> ("h", "r", "giger")."""
-    return tuple(word for word in _WORD_SPLIT.split(_fold(text).lower()) if word)
+    return tuple(word for word in _WORD_SPLIT.split(_fold(text)) if word)
 
 
 @lru_cache(maxsize=None)
 def load_artist_names() -> tuple[str, ...]:
-    """The artist vocabulary (data/vocab/artists.txt), in file order, without word-like entries."""
-    lines = (DATA_DIR / "vocab" / "artists.txt").read_text(encoding="utf-8").splitlines()
+    """The artist vocabulary (text/vocab/artists.txt), in file order, without word-like entries."""
+    lines = DEFAULT_ARTISTS_FILE.read_text(encoding="utf-8").splitlines()
     names = dict.fromkeys(line.strip() for line in lines if line.strip())
-    return tuple(name for name in names if name.lower() not in _NOT_ARTISTS)
+    return tuple(name for name in names if name.lower() not in NOT_NAMES)
 
 
 @lru_cache(maxsize=None)
@@ -211,7 +216,7 @@ def find_artists(text: str) -> list[str]:
     10,000 texts, this takes a fraction of one.
     """
     index, first_words, longest = _artist_index()
-    words = [word for word in _WORD_SPLIT.split(_fold(text).lower()) if word]
+    words = [word for word in _WORD_SPLIT.split(_fold(text)) if word]
     found, i = [], 0
     while i < len(words):
         step = 1
@@ -538,6 +543,7 @@ def synth_laion(out_path, rows: int, seed: int = 0) -> None:
     """
     if rows < 1:
         raise ValueError("rows must be at least 1")
+    _require_samples()
     model = _laion_model()
     schema = LAION_V2_SCHEMA.with_metadata(_metadata(
         "laion-aesthetics-v2", seed, rows,
@@ -563,7 +569,7 @@ _WEIGHTED = 0.01              # share of prompts with an A1111-style weight, "(m
 _TRAILING_SPACE = 0.95        # DiffusionDB's tokeniser leaves "... , artstation " (99.9% in the sample)
 _REPEATS = np.arange(1, 7)    # a prompt is re-run 1-6 times with new seeds (mean about 1.6)
 _REPEAT_CUM = _cumulative([0.72, 0.12, 0.06, 0.05, 0.02, 0.03])
-# DiffusionDB sampler codes (ingest.samplers.DIFFUSIONDB_CODES); k_lms (8) was the Discord bot's default.
+# DiffusionDB sampler codes (spellbook.text.samplers.DIFFUSIONDB_CODES); k_lms (8) was the Discord bot's default.
 _SAMPLER_CODES = np.arange(1, 10, dtype=np.uint8)
 _SAMPLER_CUM = _cumulative([0.030, 0.010, 0.020, 0.025, 0.010, 0.008, 0.007, 0.880, 0.010])
 _FIRST_DAY = np.datetime64("2022-08-06T00:00", "m")
@@ -692,7 +698,7 @@ def _prompt_model() -> _PromptModel:
         skeleton_position=np.array(skeleton_position, dtype=np.int64),
         artists=artists,
         artist_lower=[name.lower() for name in artists],
-        artist_folded=[_fold(name).lower() for name in artists],
+        artist_folded=[_fold(name) for name in artists],
         artist_cum=_zipf_cumulative(len(artists), _PROMPT_ARTIST_ZIPF),
         steps=steps,
         step_cum=_cumulative(step_weights),
@@ -876,6 +882,7 @@ def synth_prompts(out_path, rows: int = 2_000_000, seed: int = 0) -> None:
     Exact DiffusionDB dtypes and column order; prompts built from real prompt structure; labelled synthetic
     in the schema metadata. Streams row groups of ROW_GROUP_ROWS rows.
     """
+    _require_samples()
     if rows < 1:
         raise ValueError("rows must be at least 1")
     model = _prompt_model()

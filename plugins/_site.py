@@ -6,14 +6,13 @@ from __future__ import annotations
 
 from datasette.utils.asgi import NotFound
 
-DEFAULTS = {
-    "punsafe_blur_threshold": 0.5,  # tiles at or over this predicted-unsafe score are blurred until clicked
-    "page_size": 100,
-}
+from spellbook.site import default_config
 
 
 def config(datasette) -> dict:
-    settings = dict(DEFAULTS)
+    """Spellbook's settings: the packaged datasette.yaml's, overridden by the site's own (a 1.0
+    site's datasette.yaml, or a `plugins:` block in a 0.65 site's metadata)."""
+    settings = dict((default_config().get("plugins") or {}).get("spellbook") or {})
     settings.update(datasette.plugin_config("spellbook") or {})
     return settings
 

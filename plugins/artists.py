@@ -8,9 +8,9 @@ import urllib.parse
 from datasette import hookimpl
 from datasette.utils.asgi import Response
 
-from ingest.reports import artist_prompt_rows, artist_report, artist_training_rows
-from plugins._charts import bars, line_chart
-from plugins._site import path_text, spellbook_database
+from spellbook.queries.reports import artist_prompt_rows, artist_report, artist_training_rows
+from spellbook.plugins._charts import bars, line_chart
+from spellbook.plugins._site import path_text, spellbook_database
 
 
 async def artist_view(datasette, request):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datasette import hookimpl
 from markupsafe import Markup, escape
 
-from ingest.search import safe_url
+from spellbook.text.markup import safe_url
 
 _URL_COLUMNS = {("training_images", "url"), ("generations", "image_url")}
 

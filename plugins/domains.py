@@ -4,8 +4,9 @@ from __future__ import annotations
 from datasette import hookimpl
 from datasette.utils.asgi import Response
 
-from ingest.search import BREAKDOWN_SAMPLE, domain_breakdown
-from plugins._site import int_arg, query_arg, spellbook_database
+from spellbook.queries.domains import domain_breakdown
+from spellbook.queries.search import BREAKDOWN_SAMPLE
+from spellbook.plugins._site import int_arg, query_arg, spellbook_database
 
 
 def with_shares(breakdown: dict) -> list[dict]:

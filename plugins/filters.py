@@ -1,7 +1,7 @@
 """Jinja filters for Spellbook's templates."""
 from datasette import hookimpl
 
-from ingest.search import safe_url
+from spellbook.text.markup import safe_url
 
 
 @hookimpl

@@ -6,9 +6,9 @@ import urllib.parse
 from datasette import hookimpl
 from datasette.utils.asgi import NotFound, Response
 
-from ingest.reports import keyword_report
-from plugins._charts import line_chart
-from plugins._site import path_text, spellbook_database
+from spellbook.queries.reports import keyword_report
+from spellbook.plugins._charts import line_chart
+from spellbook.plugins._site import path_text, spellbook_database
 
 
 async def keyword_view(datasette, request):

@@ -6,9 +6,10 @@ import urllib.parse
 from datasette import hookimpl
 from datasette.utils.asgi import NotFound, Response
 
-from ingest.reports import generation
-from ingest.search import search_prompts, safe_url
-from plugins._site import config, int_arg, query_arg, spellbook_database
+from spellbook.queries.reports import generation
+from spellbook.queries.search import search_prompts
+from spellbook.text.markup import safe_url
+from spellbook.plugins._site import config, int_arg, query_arg, spellbook_database
 
 
 def _blur(row: dict, threshold: float) -> bool:

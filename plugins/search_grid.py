@@ -6,8 +6,8 @@ import urllib.parse
 from datasette import hookimpl
 from datasette.utils.asgi import Response
 
-from ingest.search import search_training
-from plugins._site import config, int_arg, query_arg, spellbook_database
+from spellbook.queries.search import search_training
+from spellbook.plugins._site import config, int_arg, query_arg, spellbook_database
 
 
 def tile_width(width, height, tile_height: int = 180) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datasette import hookimpl
 from datasette.utils.asgi import NotFound, Response
 
-from plugins._site import spellbook_database
+from spellbook.plugins._site import spellbook_database
 
 
 async def image_by_key(datasette, request):

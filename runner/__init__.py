@@ -1,0 +1,1 @@
+"""The diffusion runner: regenerate an indexed prompt with its own settings (diffusers)."""

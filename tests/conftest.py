@@ -12,9 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ingest.demo import URL_TEXT, V1_SCHEMA, V2_SCHEMA, laion_rows_as_parquet
-from ingest.load import ingest_training_files
-from ingest.site import make_datasette
+from spellbook.ingest.demo import DATA_DIR, URL_TEXT, V1_SCHEMA, V2_SCHEMA, laion_rows_as_parquet
+from spellbook.ingest.load import ingest_training_files
+from spellbook.site import make_datasette
+
+REPO = Path(__file__).resolve().parent.parent
+assert DATA_DIR == REPO / "data"  # the bundled real samples the tests read
 
 V2_COLUMNS = pq.read_schema(V2_SCHEMA).remove_metadata()
 
@@ -75,9 +78,9 @@ def training_db(tmp_path, v1_parquet, url_text_parquet) -> Path:
     return db
 
 
-def spellbook_datasette(*db_paths: Path, metadata: dict | None = None):
+def spellbook_datasette(*db_paths: Path, metadata: dict | None = None, config: dict | None = None):
     """A Datasette configured exactly as `spellbook serve` configures it."""
-    return make_datasette(*db_paths, metadata=metadata)
+    return make_datasette(*db_paths, metadata=metadata, config=config)
 
 
 @pytest.fixture
@@ -92,17 +95,20 @@ def free_port() -> int:
 
 
 class Server:
-    """`spellbook serve DB` running on a free loopback port, stopped at the end of the test."""
+    """`spellbook serve DB` (or another serving command) on a free loopback port, stopped at the end
+    of the test. `command` is the program and its arguments before `--port`."""
 
-    def __init__(self, db: Path):
+    def __init__(self, db: Path | None = None, command: list[str] | None = None, cwd: Path | None = None, env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        spellbook = Path(sys.executable).parent / "spellbook"
+        if command is None:
+            command = [str(Path(sys.executable).parent / "spellbook"), "serve", str(db)]
         self.process = subprocess.Popen(
-            [str(spellbook), "serve", str(db), "--port", str(self.port)],
+            [*command, "--port", str(self.port)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            cwd=cwd,
+            env=dict(env or os.environ, PYTHONUNBUFFERED="1"),
         )
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -113,7 +119,15 @@ class Server:
                 if self.process.poll() is not None:
                     raise RuntimeError(self.process.stdout.read().decode())
                 time.sleep(0.2)
-        raise RuntimeError("spellbook serve did not start within 30 s")
+        self.process.kill()
+        raise RuntimeError(f"{' '.join(command)} did not start within 30 s")
+
+    def get(self, path: str, status: int = 200):
+        import httpx
+
+        response = httpx.get(self.url + path, timeout=30)
+        assert response.status_code == status, (path, response.status_code, response.text[:300])
+        return response
 
     def stop(self):
         self.process.terminate()

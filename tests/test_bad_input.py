@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from click.testing import CliRunner
 
-from ingest.cli import cli
-from ingest.db import connect
+from spellbook.cli import cli
+from spellbook.database.connect import connect
 from tests.conftest import write_v2
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.pages]
 
 
 def test_search_grid_chart_and_domain_link(browser, served):
@@ -47,8 +47,8 @@ def test_search_grid_chart_and_domain_link(browser, served):
 
 @pytest.fixture
 def served_full(training_db):
-    from ingest import DATA_DIR
-    from ingest.load import ingest_prompt_files
+    from tests.conftest import DATA_DIR
+    from spellbook.ingest.load import ingest_prompt_files
     from tests.conftest import Server
 
     ingest_prompt_files(training_db, [DATA_DIR / "prompts" / "diffusiondb_sample_metadata_schema.parquet", DATA_DIR / "image_metadata"])

@@ -5,7 +5,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from ingest.cli import cli
+from spellbook.cli import cli
 
 
 def commands(group: click.Group, prefix=()):
@@ -43,8 +43,30 @@ def test_synth_writes_labelled_files(tmp_path):
 
 
 def test_serve_builds_the_datasette_command(tmp_path):
-    from ingest.site import datasette_args
+    from spellbook.site import datasette_args
 
     args = datasette_args(tmp_path / "x.db")
     assert args[:3] == ["serve", "--immutable", str(tmp_path / "x.db")]
-    assert "--plugins-dir" in args and "--template-dir" in args and "--metadata" in args
+    assert "--metadata" in args
+    # Pages, templates and static files come from the installed package's entry points.
+    assert "--plugins-dir" not in args and "--template-dir" not in args and "--static" not in args
+
+
+def test_format_choices_are_the_registry():
+    from spellbook.ingest.readers import FORMATS
+
+    option = next(p for p in dict(ALL)[("ingest", "prompts")].params if p.name == "source_format")
+    assert tuple(option.type.choices) == FORMATS
+
+
+def test_every_make_target_is_documented():
+    """A self-documenting Makefile: every target a user runs has a `##` line for `make help`."""
+    import re
+
+    from tests.conftest import REPO
+
+    makefile = (REPO / "Makefile").read_text()
+    phony = set(re.search(r"^\.PHONY:(.*)$", makefile, re.M).group(1).split())
+    documented = set(re.findall(r"^([a-zA-Z0-9_-]+):.*## ", makefile, re.M))
+    assert phony == documented
+    assert {"demo", "test", "test-datasette-1", "help", "bench"} <= documented

@@ -1,6 +1,6 @@
 import pyarrow as pa
 
-from ingest.domains import hosts, registered_domain, registered_domains
+from spellbook.ingest.domains import hosts, registered_domain, registered_domains
 
 
 def test_registered_domain_uses_the_public_suffix_list():

@@ -5,9 +5,10 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from ingest.cli import cli
-from ingest.db import connect
-from ingest.load import ingest_training_files, stable_key
+from spellbook.cli import cli
+from spellbook.database.connect import connect
+from spellbook.ingest.keys import stable_key
+from spellbook.ingest.load import ingest_training_files
 from tests.conftest import write_v2
 
 

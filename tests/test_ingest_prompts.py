@@ -6,10 +6,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from ingest import DATA_DIR
-from ingest.cli import cli
-from ingest.db import connect
-from ingest.load import ingest_prompt_files
+from tests.conftest import DATA_DIR
+from spellbook.cli import cli
+from spellbook.database.connect import connect
+from spellbook.ingest.load import ingest_prompt_files
 
 PROMPTS = DATA_DIR / "prompts"
 FIXTURES = DATA_DIR / "fixtures"

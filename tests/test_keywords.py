@@ -1,4 +1,4 @@
-"""Style keywords ("spells") from prompts: ingest/keywords.py, checked on real prompts."""
+"""Style keywords ("spells") from prompts: spellbook.text.keywords, checked on real prompts."""
 from __future__ import annotations
 
 import csv
@@ -9,9 +9,9 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from ingest import DATA_DIR
-from ingest import keywords as kw
-from ingest.keywords import (
+from tests.conftest import DATA_DIR
+from spellbook.text import keywords as kw
+from spellbook.text.keywords import (
     ArtistVocabulary,
     Keyword,
     extract_many,

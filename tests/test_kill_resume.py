@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.db import connect, connect_readonly
+from spellbook.database.connect import connect, connect_readonly
 from tests.conftest import write_v2
 
 ROWS = 60_000

@@ -8,11 +8,13 @@ import re
 
 import pytest
 
-from ingest import DATA_DIR
-from ingest.db import connect
-from ingest.load import ingest_prompt_files
-from ingest.reports import generation_data
+from tests.conftest import DATA_DIR
+from spellbook.database.connect import connect
+from spellbook.ingest.load import ingest_prompt_files
+from spellbook.queries.reports import generation_data
 from tests.conftest import spellbook_datasette
+
+pytestmark = pytest.mark.pages
 
 
 @pytest.fixture

@@ -12,10 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, PngImagePlugin
 
-from ingest.readers.diffusiondb import DiffusionDBJsonSource, DiffusionDBParquetSource
-from ingest.readers.image_metadata import parse_a1111_parameters, read_image_metadata
-from ingest.readers.prompts import FORMATS, RowRejected, detect_format, open_prompt_source
-from ingest.records import GENERATION_SCHEMA, InputError
+from spellbook.ingest.readers.diffusiondb import DiffusionDBJsonSource, DiffusionDBParquetSource
+from spellbook.ingest.readers.image_metadata import parse_a1111_parameters, read_image_metadata
+from spellbook.ingest.readers import FORMATS, detect_format, open_prompt_source
+from spellbook.ingest.readers.common import RowRejected
+from spellbook.ingest.records import GENERATION_SCHEMA, InputError
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ROOT / "data" / "prompts"

@@ -1,12 +1,12 @@
-"""ingest.search: query parsing, and the strategies for results too big to rank, on a real database
+"""spellbook.queries.search: query parsing, and the strategies for results too big to rank, on a real database
 with the limits made small (monkeypatch) so that a few hundred rows exercise them."""
 from __future__ import annotations
 
 import pytest
 
-from ingest import search
-from ingest.db import connect
-from ingest.load import ingest_training_files
+from spellbook.queries import domains, search
+from spellbook.database.connect import connect
+from spellbook.ingest.load import ingest_training_files
 from tests.conftest import write_v2
 
 
@@ -52,9 +52,9 @@ def test_huge_results_are_spread_over_the_collection(sorted_db, monkeypatch):
 
 def test_domain_breakdown_estimate_from_spread_sample(sorted_db):
     conn = connect(sorted_db)
-    exact = search.domain_breakdown(conn, "cat")
+    exact = domains.domain_breakdown(conn, "cat")
     assert exact["estimated"] is False and exact["domains"] == [{"domain": "alpha.com", "count": 300}, {"domain": "beta.com", "count": 300}]
-    estimate = search.domain_breakdown(conn, "cat", sample=100)
+    estimate = domains.domain_breakdown(conn, "cat", sample=100)
     assert estimate["estimated"] is True and estimate["total"] == 600
     counts = {d["domain"]: d["count"] for d in estimate["domains"]}
     assert 240 <= counts["alpha.com"] <= 360 and 240 <= counts["beta.com"] <= 360

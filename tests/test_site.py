@@ -7,9 +7,13 @@ import re
 import pytest
 import yaml
 
-from ingest import PROJECT_ROOT
-from ingest.load import ingest_training_files, stable_key
+from spellbook.site import CONFIG, METADATA
+from tests.conftest import REPO
+from spellbook.ingest.keys import stable_key
+from spellbook.ingest.load import ingest_training_files
 from tests.conftest import spellbook_datasette, write_v2
+
+pytestmark = pytest.mark.pages
 
 
 async def get(ds, path, status=200):
@@ -54,10 +58,10 @@ async def test_placeholder_names_the_domain(datasette):
 
 async def test_unsafe_rows_are_blurred_at_the_configured_threshold(training_db):
     page = (await get(spellbook_datasette(training_db), "/-/search?q=%22foggy+harbour%22")).text
-    assert "sb-blurred" in tiles(page)[0]  # punsafe 0.93 >= 0.5 from metadata.yml
-    metadata = yaml.safe_load((PROJECT_ROOT / "metadata.yml").read_text())
-    metadata["plugins"]["spellbook"]["punsafe_blur_threshold"] = 0.95
-    page = (await get(spellbook_datasette(training_db, metadata=metadata), "/-/search?q=%22foggy+harbour%22")).text
+    assert "sb-blurred" in tiles(page)[0]  # punsafe 0.93 >= 0.5 from datasette.yaml
+    config = yaml.safe_load(CONFIG.read_text())
+    config["plugins"]["spellbook"]["punsafe_blur_threshold"] = 0.95
+    page = (await get(spellbook_datasette(training_db, config=config), "/-/search?q=%22foggy+harbour%22")).text
     assert "sb-blurred" not in tiles(page)[0]
 
 
@@ -140,7 +144,7 @@ async def test_non_http_urls_never_become_links(tmp_path):
     # The loader rejects them, but a database made by other tools may hold them: the web layer checks too.
     db = tmp_path / "spellbook.db"
     ingest_training_files(db, [write_v2(tmp_path / "ok.parquet", [{"URL": "https://ok.example.com/a.jpg", "TEXT": "quokka"}])])
-    from ingest.db import connect
+    from spellbook.database.connect import connect
 
     conn = connect(db)
     conn.execute("UPDATE training_images SET url = 'javascript:alert(5)'")
@@ -158,14 +162,33 @@ async def test_search_input_is_never_fts_syntax(datasette):
 
 
 def test_metadata_yml_is_valid_datasette_metadata():
-    metadata = yaml.safe_load((PROJECT_ROOT / "metadata.yml").read_text())
-    assert set(metadata) <= {"title", "description", "description_html", "license", "license_url", "source", "source_url", "about", "about_url", "plugins", "databases"}
-    assert "spellbook" in metadata["plugins"]  # top level: a plugins block under databases is ignored
-    assert 0 < metadata["plugins"]["spellbook"]["punsafe_blur_threshold"] <= 1
+    metadata = yaml.safe_load(METADATA.read_text())
+    assert set(metadata) <= {"title", "description", "description_html", "license", "license_url", "source", "source_url", "about", "about_url", "databases"}
+    # Datasette 1.0 refuses a plugins block in metadata: Spellbook's settings live in datasette.yaml,
+    # at its top level (a plugins block under databases would be ignored).
+    config = yaml.safe_load(CONFIG.read_text())
+    assert set(config) <= {"plugins", "settings", "databases", "permissions", "allow", "allow_sql"}
+    assert "spellbook" in config["plugins"]
+    assert 0 < config["plugins"]["spellbook"]["punsafe_blur_threshold"] <= 1
+
+
+def plugin_modules() -> set[str]:
+    """Every page module under plugins/ (the _helpers are not plugins)."""
+    return {f"spellbook.plugins.{p.stem}" for p in (REPO / "plugins").glob("*.py") if not p.name.startswith("_")}
+
+
+def test_every_plugin_module_has_an_entry_point():
+    from importlib.metadata import entry_points
+
+    registered = {entry.value for entry in entry_points(group="datasette") if entry.value.startswith("spellbook")}
+    assert plugin_modules() | {"spellbook", "spellbook.plugins"} == registered
 
 
 async def test_every_plugin_hook_is_registered(datasette):
-    plugins = {p["name"] for p in (await get(datasette, "/-/plugins.json")).json()}
-    assert {"search_grid.py", "domains.py", "home.py", "cells.py", "assets.py", "filters.py", "stable_links.py"} <= plugins
+    plugins = [p for p in (await get(datasette, "/-/plugins.json")).json() if p["name"] == "spellbook"]
+    assert len(plugins) == len(plugin_modules()) + 2  # the page modules, the package (static) and spellbook (templates)
+    hooks = {hook for plugin in plugins for hook in plugin["hooks"]}
+    assert {"register_routes", "render_cell", "extra_css_urls", "extra_js_urls", "prepare_jinja2_environment", "extra_template_vars"} <= hooks
+    assert sum(1 for p in plugins if p["static"]) == 1 and sum(1 for p in plugins if p["templates"]) == 1
     await get(datasette, "/-/image/12345", status=404)
-    await get(datasette, "/spellbook-static/spellbook.js")
+    await get(datasette, "/-/static-plugins/spellbook/spellbook.js")

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ingest import synth
+from spellbook.ingest import synth
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 ROWS = 20_000
@@ -77,7 +77,7 @@ def test_schema_metadata_says_synthetic(fixture, request):
 
 
 def test_laion_reader_sees_the_label(laion_path):
-    from ingest.readers.laion import LaionSource
+    from spellbook.ingest.readers.laion import LaionSource
 
     source = LaionSource(laion_path)
     assert source.synthetic is True

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ingest.readers.prompts import (
+from spellbook.ingest.readers.common import (
     MAX_PROMPT_CHARS,
     UINT32_MAX,
     CsvSource,
@@ -27,9 +27,9 @@ from ingest.readers.prompts import (
     parse_float,
     parse_int,
 )
-from ingest.readers.parquet import group_batches
-from ingest.records import GENERATION_SCHEMA, InputError, ReadBatch, Rejection
-from ingest.samplers import DIFFUSIONDB_CODES, canonical_sampler
+from spellbook.ingest.readers.parquet import group_batches
+from spellbook.ingest.records import GENERATION_SCHEMA, InputError, ReadBatch, Rejection
+from spellbook.text.samplers import DIFFUSIONDB_CODES, canonical_sampler
 
 IMAGE_URL_PREFIX = "https://huggingface.co/datasets/poloclub/diffusiondb/resolve/main/images/part-"
 

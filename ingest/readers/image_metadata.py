@@ -20,7 +20,7 @@ from typing import Iterator
 
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from ingest.readers.prompts import (
+from spellbook.ingest.readers.common import (
     INT64_MAX,
     RowRejected,
     batches_from_records,
@@ -29,8 +29,8 @@ from ingest.readers.prompts import (
     parse_float,
     parse_int,
 )
-from ingest.records import InputError, ReadBatch
-from ingest.samplers import A1111_NAMES, canonical_sampler
+from spellbook.ingest.records import InputError, ReadBatch
+from spellbook.text.samplers import A1111_NAMES, canonical_sampler
 
 # --- A1111 infotext ------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from ingest.readers.prompts import (
+from spellbook.ingest.readers.common import (
     UINT32_MAX,
     CsvSource,
     RowRejected,

@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ingest.readers.parquet import batches_from
-from ingest.records import TRAINING_IMAGE_SCHEMA, InputError, ReadBatch, Rejection
+from spellbook.ingest.readers.parquet import batches_from
+from spellbook.ingest.records import TRAINING_IMAGE_SCHEMA, InputError, ReadBatch, Rejection
 
 MAX_CAPTION_CHARS = 10_000
 

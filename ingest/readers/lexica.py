@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from ingest.readers.prompts import (
+from spellbook.ingest.readers.common import (
     UINT32_MAX,
     RowRejected,
     batches_from_records,
@@ -16,7 +16,7 @@ from ingest.readers.prompts import (
     parse_float,
     parse_int,
 )
-from ingest.records import InputError, ReadBatch
+from spellbook.ingest.records import InputError, ReadBatch
 
 
 class LexicaJsonSource:

@@ -27,7 +27,7 @@ GENERATIONS_TABLE = "generations"
 GENERATIONS_FTS = "generations_fts"
 GENERATIONS_FTS_VOCAB = "generations_fts_vocab"
 
-# Columns of training_images that come from a reader (ingest.records.TRAINING_IMAGE_SCHEMA) in order.
+# Columns of training_images that come from a reader (spellbook.ingest.records.TRAINING_IMAGE_SCHEMA) in order.
 TRAINING_COLUMNS = [
     "key",
     "url",
@@ -71,7 +71,7 @@ GENERATION_COLUMNS = [
 
 def _execute_script(conn, script: str) -> None:
     """Run statements one by one: executescript() would COMMIT the migration's open transaction."""
-    from ingest.db import sqlite3
+    from spellbook.database.connect import sqlite3
 
     statement = ""
     for line in script.splitlines(keepends=True):
@@ -154,7 +154,7 @@ def _migration_2_prompt_side(conn):
             seed INTEGER,                    -- full uint32 range (and 64-bit for ComfyUI/Fooocus images)
             steps INTEGER,
             cfg REAL,                        -- never clamped: 255 and 500 are real values
-            sampler TEXT,                    -- canonical (k_lms, k_euler_ancestral...); see ingest/samplers.py
+            sampler TEXT,                    -- canonical (k_lms, k_euler_ancestral...); see text/samplers.py
             sampler_original TEXT,           -- as the corpus wrote it ("8", "k_lms", "Euler a")
             width INTEGER,
             height INTEGER,
@@ -175,7 +175,7 @@ def _migration_2_prompt_side(conn):
         );
         CREATE VIRTUAL TABLE {GENERATIONS_FTS_VOCAB} USING fts5vocab({GENERATIONS_FTS}, 'row');
 
-        -- Style keywords ("spells"): modifiers and artists, as ingest/keywords.py extracts them.
+        -- Style keywords ("spells"): modifiers and artists, as text/keywords.py extracts them.
         CREATE TABLE keywords (
             id INTEGER PRIMARY KEY,
             keyword TEXT NOT NULL UNIQUE,

@@ -6,19 +6,19 @@ counts on both sides (artists). Co-occurrence is counted on demand over a bounde
 """
 from __future__ import annotations
 
-from ingest.samplers import a1111_name
-from ingest.search import (
+from spellbook.queries.domains import domain_breakdown
+from spellbook.queries.search import (
     COUNT_LIMIT,
     PROMPTS,
     SearchResult,
     _fetch,
     _row_dict,
     count_matches,
-    domain_breakdown,
     estimate_matches,
-    fts_query,
     search_training,
 )
+from spellbook.text.fts import fts_query
+from spellbook.text.samplers import a1111_name
 
 COOCCURRENCE_SAMPLE = 5_000  # prompts of a keyword looked at for its companions
 HISTOGRAM_SAMPLE = 20_000  # training matches looked at for the aesthetic-score histogram
@@ -167,7 +167,7 @@ def _aesthetic_histogram(conn, match: str) -> list[dict]:
 
 def canonical_artist(name: str) -> str:
     """The artist's canonical lower-cased name ("Simon Stalenhag" -> "simon stålenhag")."""
-    from ingest.keywords import ArtistVocabulary
+    from spellbook.text.keywords import ArtistVocabulary  # loading the vocabulary takes a moment: only when asked
 
     cleaned = " ".join(name.split()).strip().lower()
     return ArtistVocabulary.default().canonical(cleaned) or cleaned
@@ -244,6 +244,22 @@ def artist_prompt_rows(conn, name: str, limit: int = COUNT_LIMIT):
     return [c[0] for c in cursor.description], cursor
 
 
+def site_summary(conn) -> dict:
+    """Counts from the provenance tables (a count(*) over 12M rows would take a second)."""
+    datasets = [
+        dict(zip(("file_name", "kind", "schema_version", "synthetic", "row_count", "inserted", "status", "ingested_at", "sha256"), row))
+        for row in conn.execute(
+            "SELECT file_name, kind, schema_version, synthetic, row_count, inserted, status, ingested_at, sha256 FROM datasets ORDER BY id"
+        )
+    ]
+    counts = {
+        "training_images": sum(d["inserted"] for d in datasets if d["kind"] == "training"),
+        "prompts": sum(d["inserted"] for d in datasets if d["kind"] == "prompts"),
+        "domains": conn.execute("SELECT count(*) FROM domains WHERE image_count > 0").fetchone()[0],
+    }
+    return {"datasets": datasets, "counts": counts, "prompts": counts["prompts"] > 0, "artists": top_artists(conn)}
+
+
 __all__ = [
     "SearchResult",
     "artist_prompt_rows",
@@ -252,5 +268,6 @@ __all__ = [
     "generation",
     "generation_data",
     "keyword_report",
+    "site_summary",
     "top_artists",
 ]

@@ -1,9 +1,7 @@
-"""Open any prompt corpus: tell its format from the file, and hand back a Source.
+"""What the row-by-row prompt readers share: the checks that turn one input value into a schema
+value or a rejection, the CSV/JSON plumbing, and the loop that packs rows into Arrow batches.
 
-This module also holds what every row-by-row prompt reader shares: the checks that turn one input
-value into a schema value or a rejection, the CSV/JSON plumbing, and the loop that packs rows into
-Arrow batches. The reader modules import those from here; `open_prompt_source` imports the readers
-inside the function, so the two directions never form an import cycle.
+Nothing here knows any one format; the registry of formats is the package's __init__.
 """
 from __future__ import annotations
 
@@ -16,20 +14,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from ingest.records import GENERATION_SCHEMA, InputError, ReadBatch, Rejection, Source
-
-FORMATS = (
-    "diffusiondb-parquet",
-    "diffusiondb-json",
-    "diffusiondb-csv",
-    "lexica-json",
-    "krea-csv",
-    "i2p-csv",
-    "image-metadata",
-)
-SUPPORTED = ", ".join(FORMATS)
+from spellbook.ingest.records import GENERATION_SCHEMA, InputError, ReadBatch, Rejection
 
 UINT32_MAX = 2**32 - 1  # Stable Diffusion v1 front ends (DiffusionDB, Lexica, Krea, I2P) draw uint32 seeds
 INT64_MAX = 2**63 - 1  # what the seed column can hold; ComfyUI and Fooocus draw 64-bit seeds
@@ -344,106 +330,3 @@ def load_json(path):
         raise InputError(path, f"not UTF-8 text (byte {problem.start}); JSON must be UTF-8") from None
     except RecursionError:
         raise InputError(path, "JSON nested too deeply to be a prompt file") from None
-
-
-# --- format detection ----------------------------------------------------------------------------
-
-_DIFFUSIONDB_PARQUET_HINTS = {"image_name", "part_id", "step", "sampler", "cfg", "user_name", "image_nsfw"}
-_DIFFUSIONDB_CSV_HINTS = {"seed", "step", "cfg", "sampler", "user_name", "image_nsfw"}
-
-
-def _unknown(path, what: str) -> InputError:
-    return InputError(path, f"{what}; supported formats: {SUPPORTED}")
-
-
-def _detect_parquet(path: Path) -> str:
-    try:
-        names = set(pq.read_schema(path).names)
-    except (OSError, pa.ArrowException) as problem:
-        raise InputError(path, f"not a readable Parquet file: {problem}") from None
-    if "prompt" in names and names & _DIFFUSIONDB_PARQUET_HINTS:
-        return "diffusiondb-parquet"
-    raise _unknown(path, f"a Parquet file with columns {', '.join(sorted(names))} is no prompt corpus I know")
-
-
-def _detect_json(path: Path) -> str:
-    data = load_json(path)
-    if isinstance(data, dict) and "images" in data:
-        return "lexica-json"
-    if isinstance(data, list) and data and isinstance(data[0], dict) and "prompt" in data[0]:
-        return "lexica-json"  # the "images" list saved on its own
-    if isinstance(data, dict) and data:
-        first = next(iter(data.values()))
-        if isinstance(first, dict) and "p" in first:
-            return "diffusiondb-json"
-    raise _unknown(path, 'JSON of this shape is no prompt corpus I know (Lexica: {"images": [...]}; '
-                   'DiffusionDB part: {"<image>.png": {"p": ...}})')
-
-
-def _detect_csv(path: Path) -> str:
-    names = set(read_csv_header(path))
-    if "raw_data" in names:
-        return "krea-csv"
-    if "sd_seed" in names or "lexica_url" in names:
-        return "i2p-csv"
-    if "prompt" in names and names & _DIFFUSIONDB_CSV_HINTS:
-        return "diffusiondb-csv"
-    raise _unknown(path, f"a CSV with columns {', '.join(sorted(names))} is no prompt corpus I know")
-
-
-def _sniff(path: Path) -> str | None:
-    """Magic bytes, for files whose name says nothing."""
-    with open(path, "rb") as handle:
-        head = handle.read(16)
-    if head.startswith(b"PAR1"):
-        return "diffusiondb-parquet"
-    if head.startswith((b"\x89PNG", b"\xff\xd8\xff", b"GIF8")) or head[8:12] in (b"WEBP", b"avif"):
-        return "image-metadata"
-    return None
-
-
-def detect_format(path) -> str:
-    """One of FORMATS, from the extension and a peek at the columns/keys; InputError if none fits."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "no such file or folder")
-    if path.is_dir():
-        return "image-metadata"
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return _detect_parquet(path)
-    if suffix == ".json":
-        return _detect_json(path)
-    if suffix == ".csv":
-        return _detect_csv(path)
-    if suffix in IMAGE_SUFFIXES:
-        return "image-metadata"
-    sniffed = _sniff(path)
-    if sniffed == "diffusiondb-parquet":
-        return _detect_parquet(path)
-    if sniffed:
-        return sniffed
-    raise _unknown(path, "cannot tell the format of this file")
-
-
-def open_prompt_source(path, source_format: str | None = None) -> Source:
-    """Open a prompt corpus file (or a folder of images) as a Source; InputError if unreadable."""
-    # Imported here because the reader modules import the row checks above from this module.
-    from ingest.readers import diffusiondb, i2p, image_metadata, krea, lexica
-
-    openers = {
-        "diffusiondb-parquet": diffusiondb.DiffusionDBParquetSource,
-        "diffusiondb-json": diffusiondb.DiffusionDBJsonSource,
-        "diffusiondb-csv": diffusiondb.DiffusionDBCsvSource,
-        "lexica-json": lexica.LexicaJsonSource,
-        "krea-csv": krea.KreaCsvSource,
-        "i2p-csv": i2p.I2PCsvSource,
-        "image-metadata": image_metadata.ImageMetadataSource,
-    }
-    if source_format is None:
-        source_format = detect_format(path)
-    if source_format not in openers:
-        raise InputError(path, f"unknown format {source_format!r}; supported formats: {SUPPORTED}")
-    if not Path(path).exists():
-        raise InputError(path, "no such file or folder")
-    return openers[source_format](path)

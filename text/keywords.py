@@ -12,7 +12,7 @@ short one, "portrait of a knight", is: the rules cannot tell it from "oil painti
 Pure functions, no database: ``prompt_keywords(prompt)`` for one prompt, ``extract_many(prompts)``
 for a batch. Artists are recognised two ways: any name after "by" / "style of" (in or out of the
 vocabulary, with checks that reject "by the sea", "lit by candlelight", "rendered by octane"), and
-any name of the artist vocabulary (data/vocab/artists.txt, from clip-interrogator, MIT) anywhere in
+any name of the artist vocabulary (text/vocab/artists.txt, from clip-interrogator, MIT) anywhere in
 the prompt as a word n-gram, matched case- and diacritic-insensitively ("simon stalenhag" finds
 "Simon Stålenhag"; "hr giger", "h.r. giger" and "h. r. giger" all find "H. R. (Hans Ruedi) Giger").
 A vocabulary artist's keyword is its vocabulary spelling lower-cased, so spellings collapse into
@@ -33,9 +33,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ingest import DATA_DIR
+from spellbook.text.fold import fold, latin_spelling, token_class
 
-DEFAULT_ARTISTS_FILE = DATA_DIR / "vocab" / "artists.txt"
+VOCAB_DIR = Path(__file__).resolve().parent / "vocab"
+DEFAULT_ARTISTS_FILE = VOCAB_DIR / "artists.txt"
 
 ARTIST = "artist"
 MODIFIER = "modifier"
@@ -51,49 +52,41 @@ class Keyword:
 
 
 # --------------------------------------------------------------------------------------------
-# Folding (shared with other modules: link a keyword to an FTS search of training captions)
+# Words of a name: the index's tokens and folding (spellbook.text.fold), typed as Latin letters
 # --------------------------------------------------------------------------------------------
 
-# Letters that NFKD does not decompose into base letter + mark.
-_SPECIAL_FOLDS = str.maketrans({
-    "ø": "o", "œ": "oe", "æ": "ae", "ł": "l", "ß": "ss", "đ": "d", "ð": "d", "þ": "th",
-    "ı": "i", "ħ": "h", "ŧ": "t", "ŋ": "n", "ſ": "s",
-})
-# A "word" for matching: a run of letters/digits, or "&" (so "X & Y" can be split).
-_TOKEN_RE = re.compile(r"[^\W_]+|&")
+# A "word" for matching: a token as SQLite's tokenizer sees it, or "&" (so "X & Y" can be split).
+# ASCII text, the common case, takes the short pattern: there the two agree.
+_ASCII_TOKEN_RE = re.compile(r"[A-Za-z0-9]+|&")
+_TOKEN_RE = re.compile(f"[{token_class()}]+|&")
+
+
+def _token_re(text: str) -> re.Pattern:
+    return _ASCII_TOKEN_RE if text.isascii() else _TOKEN_RE
 
 
 @lru_cache(maxsize=200_000)
 def _fold_token(token: str) -> str:
-    """Lower-case, diacritics removed: 'stålenhag' -> 'stalenhag', 'mœbius' -> 'moebius'."""
-    token = token.lower()
-    if token.isascii():
-        return token
-    decomposed = unicodedata.normalize("NFKD", token)
-    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return stripped.translate(_SPECIAL_FOLDS)
+    """Folded as the index folds it, then spelt as typed: 'stålenhag' -> 'stalenhag',
+    'mœbius' -> 'moebius', 'zdzisław' -> 'zdzislaw'."""
+    return latin_spelling(fold(token))
 
 
 def _key_tokens(text: str) -> list[str]:
     text = text.lower()
     if text.isascii():
-        return _TOKEN_RE.findall(text)
+        return _ASCII_TOKEN_RE.findall(text)
     text = unicodedata.normalize("NFC", text)
-    out: list[str] = []
-    for tok in _TOKEN_RE.findall(text):
-        # Folding can expose more than one word only in odd cases (e.g. compatibility forms).
-        out.extend(_TOKEN_RE.findall(_fold_token(tok)))
-    return out
+    return [folded for folded in (_fold_token(token) for token in _TOKEN_RE.findall(text)) if folded]
 
 
 def keyword_key(text: str) -> str:
-    """The folding used for matching: lower-case, diacritics removed, punctuation (".", "-",
-    "'", quotes, brackets) treated as a word break, whitespace collapsed.
+    """The key names are matched by: the words as the index splits and folds them (punctuation
+    ".", "-", "'", quotes and brackets break words), each spelt in Latin letters, joined by spaces.
 
     'Simon Stålenhag' -> 'simon stalenhag'; 'H.R. Giger' -> 'h r giger';
-    'William-Adolphe Bouguereau' and 'william - adolphe bouguereau' -> 'william adolphe bouguereau'.
-    This matches how SQLite FTS5's unicode61 tokenizer (remove_diacritics) splits text into words,
-    so a keyword's key can be used as an FTS phrase query.
+    'William-Adolphe Bouguereau' and 'william - adolphe bouguereau' -> 'william adolphe bouguereau';
+    'Zdzisław Beksiński' -> 'zdzislaw beksinski' (the index itself keeps the 'ł').
     """
     return " ".join(_key_tokens(text))
 
@@ -161,9 +154,11 @@ photographed sculpted rendered inspired style styled done image picture pic by a
 directed written filmed produced composed taken
 """.split())
 
-# Single-word vocabulary entries that are ordinary words: only recognised after "by"/"style of",
-# never as a bare word ("bauhaus architecture", "a constant stream", "an artist").
-DEFAULT_ANYWHERE_DENY = frozenset({"artist", "constant", "bourgeois", "bauhaus", "chippy"})
+# Vocabulary entries that are ordinary words or studios rather than a person's name: recognised
+# after "by"/"style of" only, never as a bare word ("bauhaus architecture", "a constant stream",
+# "an artist", "pixar style"); left out of the artist counts (as phrases they match any caption)
+# and never generated as artists by the synthetic data. The one list every part uses.
+NOT_NAMES = frozenset({"artist", "constant", "bourgeois", "bauhaus", "chippy", "disney", "pixar", "ino", "hanna-barbera"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,7 +221,7 @@ class ArtistVocabulary:
     a prompt costs a few dict probes per word whatever the vocabulary size.
     """
 
-    def __init__(self, names: Iterable[str], anywhere_deny: Iterable[str] = DEFAULT_ANYWHERE_DENY):
+    def __init__(self, names: Iterable[str], anywhere_deny: Iterable[str] = NOT_NAMES):
         self._deny = frozenset(keyword_key(w) for w in anywhere_deny)
         self.names: list[str] = []
         strong: list[set[str]] = []  # per name: keys that surely mean this artist
@@ -310,7 +305,7 @@ class ArtistVocabulary:
 
     @classmethod
     def default(cls) -> "ArtistVocabulary":
-        """The bundled clip-interrogator artist list (data/vocab/artists.txt), loaded once."""
+        """The bundled clip-interrogator artist list (text/vocab/artists.txt), loaded once."""
         return _default_vocabulary()
 
     def __len__(self) -> int:
@@ -374,6 +369,12 @@ class ArtistVocabulary:
                 found.append((i, i + 1, single))
             i += 1
         return found
+
+
+def vocabulary_names() -> list[str]:
+    """The artist vocabulary (clip-interrogator's artists.txt, MIT), lower-cased, without NOT_NAMES."""
+    names = {line.strip().lower() for line in DEFAULT_ARTISTS_FILE.read_text(encoding="utf-8").splitlines() if line.strip()}
+    return sorted(names - NOT_NAMES)
 
 
 @lru_cache(maxsize=1)
@@ -558,7 +559,7 @@ def _analyse(piece: str, vocab: ArtistVocabulary) -> _Piece:
     if _LETTER_RE.search(piece) is None:
         return _EMPTY  # "1 9 7 6", "2 0 2 2": pure numbers, punctuation
     if piece.isascii():
-        keys = _TOKEN_RE.findall(piece)
+        keys = _ASCII_TOKEN_RE.findall(piece)
     else:
         keys = [_fold_token(t) for t in _TOKEN_RE.findall(piece)]
     n = len(keys)
@@ -571,7 +572,7 @@ def _analyse(piece: str, vocab: ArtistVocabulary) -> _Piece:
     def span_text(a: int, b: int) -> str:
         """The piece's text from word a to word b (inclusive), punctuation inside kept."""
         if not spans:
-            spans.extend(m.span() for m in _TOKEN_RE.finditer(piece))
+            spans.extend(m.span() for m in _token_re(piece).finditer(piece))
         return _clean(piece[spans[a][0]:spans[b][1]])
 
     # owner[j]: which vocabulary match word j belongs to (-1: none).

@@ -1,23 +1,19 @@
-"""Caption search and domain breakdowns: the read-only queries behind the pages and the benchmarks.
+"""Caption and prompt search: the read-only queries behind the search pages and the benchmarks.
 
 Real captions are full of words that match most rows ("art", "of"), and FTS5's bm25 costs a
 microsecond per matching row plus a walk of every query term's whole doclist (for its document
 frequency). So one walk collects up to RANK_LIMIT matches, and those are shown shortest text first
 (there the matched words are most of the caption); highlighting is done for the shown rows only.
 Bigger results come from windows spread evenly over the id range (FTS5 seeks to a rowid cheaply),
-so a file sorted by domain or date cannot skew what is shown; the domain breakdown of a huge
-result counts such a spread sample and scales it up (marked as an estimate).
+so a file sorted by domain or date cannot skew what is shown.
 """
 from __future__ import annotations
 
 import json
 import re
-import unicodedata
 from dataclasses import dataclass, field
 
-from markupsafe import Markup, escape
-
-from ingest.schema import (
+from spellbook.database.schema import (
     GENERATIONS_FTS,
     GENERATIONS_FTS_VOCAB,
     GENERATIONS_TABLE,
@@ -25,87 +21,14 @@ from ingest.schema import (
     TRAINING_FTS_VOCAB,
     TRAINING_TABLE,
 )
+from spellbook.text.fts import fts_query, is_phrase, is_prefix, match_terms, phrases
+from spellbook.text.markup import highlighted, safe_url
 
 RANK_LIMIT = 5_000  # order at most this many matches by relevance; bigger results are spread samples
 WINDOWS = 50  # spread samples of huge results over this many id windows
 PREFIX_WINDOWS = 5  # fewer for prefixes and phrases: each window merges doclists or checks positions again
 COUNT_LIMIT = 100_000  # count exactly up to here; beyond, the count comes from a sample
 BREAKDOWN_SAMPLE = 25_000  # domain breakdown of bigger results: from this many spread matches, scaled
-
-_TOKEN_CHARS = re.compile(r"[^\W_]+", re.UNICODE)  # what unicode61 calls a token: letters and digits
-_TOKEN = re.compile(r'"([^"]*)"|(\S+)')
-_WORD = re.compile(r"\w+", re.UNICODE)
-
-
-def fts_query(text: str) -> str | None:
-    """A user's words as a safe FTS5 query: words are ANDed, "quoted phrases" stay phrases,
-    a trailing * makes a prefix. FTS5 operators and punctuation in the input are plain text."""
-    parts = []
-    for phrase, word in _TOKEN.findall(text or ""):
-        if phrase:
-            words = _WORD.findall(phrase)
-            if words:
-                parts.append('"' + " ".join(words) + '"')
-            continue
-        prefix = word.endswith("*")
-        words = _WORD.findall(word)
-        if not words:
-            continue
-        if len(words) > 1:  # "mucha's" or "foo-bar": keep the words together as a phrase
-            parts.append('"' + " ".join(words) + '"' + ("*" if prefix else ""))
-        else:
-            parts.append('"' + words[0] + '"' + ("*" if prefix else ""))
-    return " ".join(parts) or None
-
-
-def fold(word: str) -> str:
-    """Lower case without diacritics, as the FTS5 tokenizer (unicode61 remove_diacritics 2) folds."""
-    decomposed = unicodedata.normalize("NFKD", word.lower())
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-
-
-def match_terms(match: str | None) -> tuple[frozenset, tuple]:
-    """The folded words of an FTS query, and its prefixes (for highlighting)."""
-    if not match:
-        return frozenset(), ()
-    words, prefixes = set(), []
-    for phrase, star in re.findall(r'"([^"]*)"(\*?)', match):
-        parts = [fold(w) for w in _TOKEN_CHARS.findall(phrase)]
-        if star and parts:
-            prefixes.append(parts.pop())
-        words.update(parts)
-    return frozenset(words), tuple(prefixes)
-
-
-def highlighted(text: str | None, terms: tuple[frozenset, tuple] = (frozenset(), ())) -> Markup:
-    """The text, escaped, with every word of the query in <mark>.
-
-    Done here rather than with FTS5's highlight(): under ORDER BY rank SQLite evaluates highlight()
-    for every match before sorting (160 ms for 2,000 matches of a common phrase), and only the
-    shown rows need it. Words are matched folded, as the index matched them.
-    """
-    if text is None:
-        return Markup("")
-    words, prefixes = terms
-    if not words and not prefixes:
-        return Markup(escape(text))
-    parts, position = [], 0
-    for token in _TOKEN_CHARS.finditer(text):
-        folded = fold(token.group())
-        if folded in words or any(folded.startswith(prefix) for prefix in prefixes):
-            parts.append(escape(text[position:token.start()]))
-            parts.append(Markup("<mark>%s</mark>") % token.group())
-            position = token.end()
-    parts.append(escape(text[position:]))
-    return Markup("").join(parts)
-
-
-def safe_url(url: str | None) -> str | None:
-    """The URL if it is http(s), else None: only these may become links or images."""
-    if url and re.match(r"(?i)^https?://[^\s/]", url) and not any(c in url for c in "\r\n\t"):
-        return url
-    return None
-
 
 @dataclass
 class SearchResult:
@@ -220,19 +143,19 @@ def fts_page(conn, corpus: Corpus, q: str, match: str, limit: int, offset: int, 
                 WHERE {corpus.fts} MATCH :match{condition} LIMIT {COUNT_LIMIT + 1})""",
             params,
         ).fetchone()[0]
-    elif _is_prefix(match):
+    elif is_prefix(match):
         matches = COUNT_LIMIT + 1  # a prefix merges many terms' doclists: counting further is slow
     else:
         matches = count_matches(conn, match, COUNT_LIMIT, corpus)
     exact = matches <= COUNT_LIMIT
     total = matches if exact else estimate_matches(conn, match, corpus)
     # A page of a huge result: the same number of matches from each of `windows` id windows.
-    windows = min(_windows(match), limit)
+    windows = min(windows_for(match), limit)
     params.update(per_window=-(-limit // windows), skip=offset // windows)
     sql = f"""SELECT f.rowid FROM {corpus.fts} f {join} WHERE {corpus.fts} MATCH :match{condition}
               AND f.rowid >= :start ORDER BY f.rowid LIMIT :per_window OFFSET :skip"""
     ids = []
-    for start in _window_starts(_max_id(conn, corpus), windows):
+    for start in window_starts(max_id(conn, corpus), windows):
         ids.extend(rowid for (rowid,) in conn.execute(sql, dict(params, start=start)))
         if len(ids) >= limit:
             break
@@ -248,25 +171,17 @@ def _rows_by_id(conn, corpus: Corpus, ids: list[int], terms) -> list[dict]:
     return [by_id[i] for i in ids if i in by_id]
 
 
-def _is_prefix(match: str) -> bool:
-    return match.endswith("*") or "* " in match
-
-
-def _is_phrase(match: str) -> bool:
-    return any(" " in phrase for phrase in re.findall(r'"([^"]*)"', match))
-
-
-def _windows(match: str) -> int:
+def windows_for(match: str) -> int:
     """How many id windows a spread sample takes: a window seeks cheaply in one term's doclist,
     but a prefix re-merges many doclists and a phrase walks position lists to find its matches."""
-    return PREFIX_WINDOWS if _is_prefix(match) or _is_phrase(match) else WINDOWS
+    return PREFIX_WINDOWS if is_prefix(match) or is_phrase(match) else WINDOWS
 
 
-def _max_id(conn, corpus: Corpus = TRAINING) -> int:
+def max_id(conn, corpus: Corpus = TRAINING) -> int:
     return conn.execute(f"SELECT coalesce(max(id), 0) FROM {corpus.table}").fetchone()[0]
 
 
-def _window_starts(max_id: int, windows: int = WINDOWS) -> list[int]:
+def window_starts(max_id: int, windows: int = WINDOWS) -> list[int]:
     return [1 + (max_id * i) // windows for i in range(windows)]
 
 
@@ -308,8 +223,8 @@ def estimate_matches(conn, match: str, corpus: Corpus = TRAINING) -> int:
     Exact for a single term; for several terms the rarest bounds it; a prefix sums its terms' counts.
     """
     counts = []
-    for term, prefix in re.findall(r'"([^"]*)"(\*?)', match):
-        words = [w.lower() for w in _WORD.findall(term)]
+    for term, prefix in phrases(match):
+        words = [w.lower() for w in re.findall(r"\w+", term)]
         if not words:
             continue
         if prefix:  # the prefix applies to the last word
@@ -321,58 +236,3 @@ def estimate_matches(conn, match: str, corpus: Corpus = TRAINING) -> int:
             row = conn.execute(f"SELECT doc FROM {corpus.vocab} WHERE term = ?", (word,)).fetchone()
             counts.append(row[0] if row else 0)
     return min(counts) if counts else 0
-
-
-def domain_breakdown(conn, q: str | None = None, top: int = 15, sample: int = BREAKDOWN_SAMPLE) -> dict:
-    """{"query", "total", "domains": [{"domain", "count"}], "other", "estimated"} for q, or for the whole table.
-
-    Results bigger than `sample` are estimated from `sample` matches spread over the id range."""
-    match = fts_query(q) if q else None
-    if match is None:
-        rows = conn.execute(
-            "SELECT domain, image_count FROM domains WHERE image_count > 0 ORDER BY image_count DESC, domain LIMIT ?", (top,)
-        ).fetchall()
-        total = conn.execute("SELECT coalesce(sum(image_count), 0) FROM domains").fetchone()[0]
-        return _breakdown(q or None, total, rows, estimated=False)
-    matches = count_matches(conn, match, sample)
-    if matches <= sample:
-        rows = _domain_counts(conn, f"SELECT rowid FROM {TRAINING_FTS} WHERE {TRAINING_FTS} MATCH :match", {"match": match})
-        return _breakdown(q, matches, rows[:top], estimated=False, counted=sum(n for _, n in rows))
-    # Count `sample` matches taken evenly from WINDOWS id windows, and scale up.
-    total = estimate_matches(conn, match)
-    per_window = max(1, sample // _windows(match))
-    windows = " UNION ALL ".join(
-        f"SELECT * FROM (SELECT rowid FROM {TRAINING_FTS} WHERE {TRAINING_FTS} MATCH :match AND rowid >= {start} ORDER BY rowid LIMIT {per_window})"
-        for start in _window_starts(_max_id(conn), _windows(match))
-    )
-    rows = _domain_counts(conn, windows, {"match": match})
-    counted = sum(n for _, n in rows) or 1
-    scale = total / counted
-    scaled = [(domain, round(n * scale)) for domain, n in rows]
-    return _breakdown(q, total, scaled[:top], estimated=True, counted=sum(n for _, n in scaled))
-
-
-def _domain_counts(conn, matches_sql: str, params: dict) -> list[tuple[str, int]]:
-    return conn.execute(
-        f"""
-        SELECT d.domain, count(*) AS n
-        FROM ({matches_sql}) h
-        JOIN {TRAINING_TABLE} t ON t.id = h.rowid
-        JOIN domains d ON d.id = t.domain_id
-        GROUP BY d.id ORDER BY n DESC, d.domain
-        """,
-        params,
-    ).fetchall()
-
-
-def _breakdown(q, total, rows, estimated, counted=None) -> dict:
-    domains = [{"domain": domain, "count": count} for domain, count in rows]
-    shown = sum(d["count"] for d in domains)
-    counted = total if counted is None else counted
-    return {
-        "query": q,
-        "total": total,
-        "domains": domains,
-        "other": max(counted - shown, 0),
-        "estimated": estimated,
-    }

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ingest.records import InputError
+from spellbook.ingest.records import InputError
 
 
 def _fail(error: Exception):
@@ -47,7 +47,7 @@ def ingest_laion(db, paths, min_aesthetic, batch_size, progress):
     Example:
         spellbook ingest laion spellbook.db improved_aesthetics_6plus/ --min-aesthetic 6.5
     """
-    from ingest.load import ingest_training_files
+    from spellbook.ingest.load import ingest_training_files
 
     show = sys.stderr.isatty() if progress is None else progress
     try:
@@ -80,7 +80,7 @@ def ingest_prompts(db, paths, source_format, batch_size, progress):
         spellbook ingest prompts spellbook.db lexica.json --format lexica-json
         spellbook ingest prompts spellbook.db ~/Pictures/sd-outputs/
     """
-    from ingest.load import ingest_prompt_files
+    from spellbook.ingest.load import ingest_prompt_files
 
     show = sys.stderr.isatty() if progress is None else progress
     try:
@@ -108,9 +108,12 @@ def synth_laion(out, rows, seed):
     Example:
         spellbook synth laion synthetic-6plus.parquet --rows 12096835 --seed 1
     """
-    from ingest.synth import synth_laion as write
+    from spellbook.ingest.synth import synth_laion as write
 
-    write(out, rows=rows, seed=seed)
+    try:
+        write(out, rows=rows, seed=seed)
+    except InputError as error:
+        _fail(error)
     click.echo(f"wrote {rows:,} synthetic LAION-Aesthetics V2 rows to {out}")
 
 
@@ -125,19 +128,26 @@ def synth_prompts(out, rows, seed):
     Example:
         spellbook synth prompts synthetic-diffusiondb.parquet --rows 2000000
     """
-    from ingest.synth import synth_prompts as write
+    from spellbook.ingest.synth import synth_prompts as write
 
-    write(out, rows=rows, seed=seed)
+    try:
+        write(out, rows=rows, seed=seed)
+    except InputError as error:
+        _fail(error)
     click.echo(f"wrote {rows:,} synthetic DiffusionDB-shaped rows to {out}")
 
 
 @cli.command()
-@click.argument("db", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("dbs", metavar="DB...", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8001, show_default=True)
-@click.option("--metadata", "metadata_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Datasette metadata (default: the project's metadata.yml).")
-def serve(db, host, port, metadata_path):
-    """Serve a Spellbook database read-only in Datasette, with Spellbook's pages.
+@click.option("--metadata", "metadata_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Datasette metadata (default: Spellbook's metadata.yml).")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Datasette configuration, datasette.yaml (default: Spellbook's).")
+def serve(dbs, host, port, metadata_path, config_path):
+    """Serve Spellbook databases read-only in Datasette, with Spellbook's pages.
+
+    Runs `datasette serve --immutable DB ...` with Spellbook's metadata and settings; the
+    pages themselves come with the installed package, so plain `datasette serve` shows them too.
 
     \b
     Example:
@@ -145,9 +155,9 @@ def serve(db, host, port, metadata_path):
     """
     import os
 
-    from ingest.site import datasette_args
+    from spellbook.site import datasette_args
 
-    args = datasette_args(db, metadata_path) + ["--host", host, "--port", str(port)]
+    args = datasette_args(*dbs, metadata_path=metadata_path, config_path=config_path) + ["--host", host, "--port", str(port)]
     os.execvp(sys.executable, [sys.executable, "-m", "datasette", *args])
 
 

@@ -1,0 +1,75 @@
+"""How a database becomes a Spellbook site: the one description `spellbook serve`, the tests and
+the benchmarks share, so that what is tested is what is served.
+
+Spellbook's pages, templates and static files come with the package (its `datasette` entry
+points), so a plain `datasette serve DB` shows them too. What differs between Datasette lines is
+where configuration lives: 0.65 reads plugin settings from the metadata, 1.0 (from 1.0a8) refuses
+a `plugins:` block there and reads them from `datasette.yaml`. So `metadata.yml` holds metadata
+only, `datasette.yaml` holds Spellbook's settings, and each line is given them its own way.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import metadata, resources
+from pathlib import Path
+
+PACKAGE = resources.files("spellbook")
+METADATA = Path(str(PACKAGE / "metadata.yml"))
+CONFIG = Path(str(PACKAGE / "datasette.yaml"))
+
+
+def datasette_version() -> tuple[int, ...]:
+    version = metadata.version("datasette")
+    return tuple(int(part) for part in version.split("a")[0].split(".") if part.isdigit())
+
+
+def datasette_1() -> bool:
+    """True on the 1.0 line (its alphas included), which reads datasette.yaml."""
+    return datasette_version() >= (1,)
+
+
+def _yaml(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+@lru_cache(maxsize=1)
+def default_config() -> dict:
+    """The packaged datasette.yaml: Spellbook's own settings (plugins.spellbook) and Datasette's."""
+    return _yaml(CONFIG)
+
+
+def site_metadata(path: Path | None = None) -> dict:
+    return _yaml(path or METADATA)
+
+
+def datasette_args(*db_paths: Path, metadata_path: Path | None = None, config_path: Path | None = None) -> list[str]:
+    """`datasette serve` arguments: the databases read-only (--immutable), Spellbook's metadata and
+    configuration. Pages, templates and static files come from the entry points."""
+    args = ["serve", "--immutable", *[str(p) for p in db_paths], "--metadata", str(metadata_path or METADATA)]
+    config = _yaml(config_path) if config_path else default_config()
+    if datasette_1():
+        args += ["--config", str(config_path or CONFIG)]
+    else:
+        # 0.65 has no configuration file: its settings are flags, and the plugin reads its own
+        # settings from the packaged datasette.yaml (spellbook.plugins._site.config).
+        for name, value in (config.get("settings") or {}).items():
+            args += ["--setting", name, str(value)]
+    return args
+
+
+def make_datasette(*db_paths: Path, metadata: dict | None = None, config: dict | None = None, settings: dict | None = None):
+    """The same site as a Datasette object (for its ASGI client in tests and benchmarks).
+
+    `config` is datasette.yaml's content (the packaged one by default); on 0.65 its plugin settings
+    travel in the metadata, as that line expects."""
+    from datasette.app import Datasette
+
+    metadata = site_metadata() if metadata is None else metadata
+    config = default_config() if config is None else config
+    settings = {**(config.get("settings") or {}), **(settings or {})}
+    if datasette_1():
+        return Datasette(files=[], immutables=[str(p) for p in db_paths], metadata=metadata, config=config, settings=settings)
+    metadata = dict(metadata, plugins=config.get("plugins") or {})
+    return Datasette(files=[], immutables=[str(p) for p in db_paths], metadata=metadata, settings=settings)
