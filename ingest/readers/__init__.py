@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from spellbook.ingest.readers import diffusiondb, i2p, image_metadata, krea, lexica
+from spellbook.ingest.readers import diffusiondb, i2p, image_folder, krea, lexica
 from spellbook.ingest.readers.common import IMAGE_SUFFIXES, load_json, read_csv_header
 from spellbook.ingest.readers.laion import open_laion, parquet_files
 from spellbook.ingest.records import InputError, Source
@@ -26,7 +26,7 @@ PROMPT_FORMATS = {
     "lexica-json": lexica.LexicaJsonSource,
     "krea-csv": krea.KreaCsvSource,
     "i2p-csv": i2p.I2PCsvSource,
-    "image-metadata": image_metadata.ImageMetadataSource,
+    "image-metadata": image_folder.ImageMetadataSource,
 }
 FORMATS = tuple(PROMPT_FORMATS)
 SUPPORTED = ", ".join(FORMATS)

@@ -15,21 +15,17 @@ import json
 import re
 import zlib
 from collections import deque
-from pathlib import Path
-from typing import Iterator
 
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from spellbook.ingest.readers.common import (
     INT64_MAX,
     RowRejected,
-    batches_from_records,
     check_prompt,
     optional_text,
     parse_float,
     parse_int,
 )
-from spellbook.ingest.records import InputError, ReadBatch
 from spellbook.text.samplers import A1111_NAMES, canonical_sampler
 
 # --- A1111 infotext ------------------------------------------------------------------------------
@@ -571,45 +567,3 @@ def read_image_metadata(path) -> dict:
         "height": checked(parse_int, "height"),
         "model": optional_text(raw.get("model")),
     }
-
-
-# --- the Source ----------------------------------------------------------------------------------
-
-
-def _image_files(root: Path) -> list[Path]:
-    """Every file under the folder, sorted; hidden files and folders (.DS_Store, .git) are skipped."""
-    files = []
-    for path in root.rglob("*"):
-        relative = path.relative_to(root)
-        if path.is_file() and not any(part.startswith(".") for part in relative.parts):
-            files.append(path)
-    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
-
-
-class ImageMetadataSource:
-    """A folder of images (searched recursively) or one image file; one row per file."""
-
-    format = "image-metadata"
-
-    def __init__(self, path):
-        self.path = str(path)
-        root = Path(path)
-        if not root.exists():
-            raise InputError(path, "no such file or folder")
-        self._root = root if root.is_dir() else root.parent
-        self._files = _image_files(root) if root.is_dir() else [root]
-        self.num_rows = len(self._files)
-
-    def batches(self, batch_size: int, skip_rows: int = 0) -> Iterator[ReadBatch]:
-        records = enumerate(self._files, start=1)
-        return batches_from_records(self.path, records, self._normalise, batch_size, skip_rows)
-
-    def _normalise(self, file: Path) -> dict:
-        try:
-            row = read_image_metadata(file)
-        except RowRejected as problem:
-            raise RowRejected(problem.column, problem.reason, path=str(file)) from None
-        # the path below the folder, so that a/1.png and b/1.png stay apart; the file name at top level
-        row["source_id"] = file.relative_to(self._root).as_posix()
-        row["image_path"] = str(file.resolve())
-        return row
