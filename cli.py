@@ -65,7 +65,7 @@ def ingest_laion(db, paths, min_aesthetic, batch_size, progress):
 @click.option(
     "--format",
     "source_format",
-    type=click.Choice(["diffusiondb-parquet", "diffusiondb-json", "diffusiondb-csv", "lexica-json", "krea-csv", "i2p-csv", "image-metadata"]),
+    type=click.Choice(["diffusiondb-parquet", "diffusiondb-json", "diffusiondb-part", "diffusiondb-csv", "lexica-json", "krea-csv", "i2p-csv", "image-metadata"]),
     default=None,
     help="Source format (detected when not given).",
 )
@@ -74,9 +74,13 @@ def ingest_laion(db, paths, min_aesthetic, batch_size, progress):
 def ingest_prompts(db, paths, source_format, batch_size, progress):
     """Ingest prompt corpora: DiffusionDB, Lexica, Krea open-prompts, I2P, or a folder of images.
 
+    DiffusionDB's images come one zip per part: give a downloaded part (its zip, or the folder it
+    was extracted to) and its generations get their images, also after metadata.parquet.
+
     \b
     Example:
         spellbook ingest prompts spellbook.db metadata.parquet
+        spellbook ingest prompts spellbook.db images/part-000001.zip
         spellbook ingest prompts spellbook.db lexica.json --format lexica-json
         spellbook ingest prompts spellbook.db ~/Pictures/sd-outputs/
     """
@@ -143,11 +147,13 @@ def synth_prompts(out, rows, seed):
 @click.option("--port", type=int, default=8001, show_default=True)
 @click.option("--metadata", "metadata_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Datasette metadata (default: Spellbook's metadata.yml).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Datasette configuration, datasette.yaml (default: Spellbook's).")
-def serve(dbs, host, port, metadata_path, config_path):
+@click.option("--local-images/--no-local-images", default=True, show_default=True, help="Show generated images from this machine's disk (never on a published instance).")
+def serve(dbs, host, port, metadata_path, config_path, local_images):
     """Serve Spellbook databases read-only in Datasette, with Spellbook's pages.
 
     Runs `datasette serve --immutable DB ...` with Spellbook's metadata and settings; the
-    pages themselves come with the installed package, so plain `datasette serve` shows them too.
+    pages themselves come with the installed package, so plain `datasette serve` shows them too
+    (without local images unless its configuration turns `local_images` on).
 
     \b
     Example:
@@ -158,6 +164,10 @@ def serve(dbs, host, port, metadata_path, config_path):
     from spellbook.site import datasette_args
 
     args = datasette_args(*dbs, metadata_path=metadata_path, config_path=config_path) + ["--host", host, "--port", str(port)]
+    if local_images:
+        os.environ["SPELLBOOK_LOCAL_IMAGES"] = "1"
+    else:
+        os.environ.pop("SPELLBOOK_LOCAL_IMAGES", None)
     os.execvp(sys.executable, [sys.executable, "-m", "datasette", *args])
 
 

@@ -9,6 +9,10 @@ only, `datasette.yaml` holds Spellbook's settings, and each line is given them i
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
 from functools import lru_cache
 from importlib import metadata, resources
 from pathlib import Path
@@ -44,18 +48,53 @@ def site_metadata(path: Path | None = None) -> dict:
     return _yaml(path or METADATA)
 
 
+def merged_metadata(metadata: dict, config: dict) -> dict:
+    """What 0.65 wants in one metadata document: datasette.yaml's plugin settings, permissions
+    (allow blocks) and per-database configuration merged in (its `settings` become flags)."""
+    merged = dict(metadata)
+    for key, value in config.items():
+        if key == "settings":
+            continue
+        if key == "databases":
+            databases = {name: dict(db) for name, db in (merged.get("databases") or {}).items()}
+            for name, db in value.items():
+                target = databases.setdefault(name, {})
+                for db_key, db_value in db.items():
+                    if db_key == "tables":
+                        tables = {t: dict(v) for t, v in (target.get("tables") or {}).items()}
+                        for table, table_config in db_value.items():
+                            tables.setdefault(table, {}).update(table_config)
+                        target["tables"] = tables
+                    else:
+                        target[db_key] = db_value
+            merged["databases"] = databases
+        elif key == "plugins":
+            merged["plugins"] = {**(merged.get("plugins") or {}), **value}
+        else:
+            merged[key] = value
+    return merged
+
+
 def datasette_args(*db_paths: Path, metadata_path: Path | None = None, config_path: Path | None = None) -> list[str]:
     """`datasette serve` arguments: the databases read-only (--immutable), Spellbook's metadata and
     configuration. Pages, templates and static files come from the entry points."""
-    args = ["serve", "--immutable", *[str(p) for p in db_paths], "--metadata", str(metadata_path or METADATA)]
-    config = _yaml(config_path) if config_path else default_config()
+    metadata_path = metadata_path or METADATA
+    config_path = config_path or CONFIG
+    args = ["serve", "--immutable", *[str(p) for p in db_paths]]
     if datasette_1():
-        args += ["--config", str(config_path or CONFIG)]
-    else:
-        # 0.65 has no configuration file: its settings are flags, and the plugin reads its own
-        # settings from the packaged datasette.yaml (spellbook.plugins._site.config).
-        for name, value in (config.get("settings") or {}).items():
-            args += ["--setting", name, str(value)]
+        return args + ["--metadata", str(metadata_path), "--config", str(config_path)]
+    # 0.65 has no configuration file: its settings are flags, the rest travels in the metadata,
+    # written to a file named after its content (the same file for the same configuration).
+    config = _yaml(config_path)
+    document = json.dumps(merged_metadata(site_metadata(metadata_path), config), sort_keys=True, indent=1)
+    merged = Path(tempfile.gettempdir()) / f"spellbook-metadata-{hashlib.sha256(document.encode()).hexdigest()[:16]}.json"
+    if not merged.exists():
+        partial = merged.with_suffix(f".{os.getpid()}.partial")
+        partial.write_text(document, encoding="utf-8")
+        os.replace(partial, merged)
+    args += ["--metadata", str(merged)]
+    for name, value in (config.get("settings") or {}).items():
+        args += ["--setting", name, str(value)]
     return args
 
 
@@ -71,5 +110,4 @@ def make_datasette(*db_paths: Path, metadata: dict | None = None, config: dict |
     settings = {**(config.get("settings") or {}), **(settings or {})}
     if datasette_1():
         return Datasette(files=[], immutables=[str(p) for p in db_paths], metadata=metadata, config=config, settings=settings)
-    metadata = dict(metadata, plugins=config.get("plugins") or {})
-    return Datasette(files=[], immutables=[str(p) for p in db_paths], metadata=metadata, settings=settings)
+    return Datasette(files=[], immutables=[str(p) for p in db_paths], metadata=merged_metadata(metadata, config), settings=settings)

@@ -30,33 +30,54 @@ from spellbook.ingest.keys import file_sha256, stable_key, stable_keys
 from spellbook.ingest.records import InputError, Rejection
 
 _SHOWN_REJECTIONS = 20
+KEEP_INDEXES_BELOW = 10  # keep the deferred indexes when a load adds less than a tenth of the table
 
 
 class KnownKeys:
-    """The stable keys already in a table, as one sorted int64 array (96 MB at 12M rows).
+    """The stable keys already in a table, as one sorted int64 array (96 MB at 12M rows), and
+    optionally the row id of each (another 8 bytes a key).
 
     Deduplicating here instead of through the unique index makes the bulk load about twice as fast:
     inserting random 63-bit keys into a B-tree costs more than writing the row itself.
     """
 
-    def __init__(self, conn, table: str):
-        self.keys = np.fromiter((key for (key,) in conn.execute(f"SELECT key FROM {table}")), dtype=np.int64)
-        self.keys.sort()
+    def __init__(self, conn, table: str, with_ids: bool = False):
+        columns = "key, id" if with_ids else "key"
+        flat = np.fromiter(itertools.chain.from_iterable(conn.execute(f"SELECT {columns} FROM {table}")), dtype=np.int64)
+        pairs = flat.reshape(-1, 2) if with_ids else flat.reshape(-1, 1)
+        order = np.argsort(pairs[:, 0], kind="stable")
+        self.keys = pairs[order, 0].copy()
+        self.ids = pairs[order, 1].copy() if with_ids else None
+
+    def _positions(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        present = np.zeros(len(batch), dtype=bool)
+        positions = np.zeros(len(batch), dtype=np.int64)
+        if len(self.keys):
+            positions = np.minimum(np.searchsorted(self.keys, batch), len(self.keys) - 1)
+            present = self.keys[positions] == batch
+        return positions, present
 
     def new(self, keys: list[int]) -> np.ndarray:
         """Mask of the keys to insert: not in the table, and first of their kind in this batch."""
         batch = np.asarray(keys, dtype=np.int64)
-        present = np.zeros(len(batch), dtype=bool)
-        if len(self.keys):
-            positions = np.minimum(np.searchsorted(self.keys, batch), len(self.keys) - 1)
-            present = self.keys[positions] == batch
+        _, present = self._positions(batch)
         first = np.zeros(len(batch), dtype=bool)
         first[np.unique(batch, return_index=True)[1]] = True
         return first & ~present
 
-    def add(self, keys: np.ndarray) -> None:
-        keys = np.sort(keys)
-        self.keys = np.insert(self.keys, np.searchsorted(self.keys, keys), keys)
+    def ids_of(self, keys: list[int]) -> np.ndarray:
+        """The row id of each key already in the table, -1 for the others."""
+        batch = np.asarray(keys, dtype=np.int64)
+        positions, present = self._positions(batch)
+        return np.where(present, self.ids[positions] if len(self.keys) else -1, -1)
+
+    def add(self, keys: np.ndarray, ids: np.ndarray | None = None) -> None:
+        order = np.argsort(keys, kind="stable")
+        keys = np.asarray(keys, dtype=np.int64)[order]
+        at = np.searchsorted(self.keys, keys)
+        self.keys = np.insert(self.keys, at, keys)
+        if self.ids is not None:
+            self.ids = np.insert(self.ids, at, np.asarray(ids, dtype=np.int64)[order])
 
 
 class _IngestLock:
@@ -177,6 +198,34 @@ class _NamedIds:
         self.cache.clear()
 
 
+class _KeywordIds(_NamedIds):
+    """Keyword ids, and each keyword's kind decided the same whatever order the corpora come in: a
+    vocabulary artist is an artist from its first use (the extractor says so), and any other text
+    becomes an artist once some prompt names it as one ("by X"), never back."""
+
+    def __init__(self, conn):
+        super().__init__(conn, "keywords", "keyword")
+        self.kinds: dict[str, str] = {}
+
+    def id(self, name: str, kind: str) -> int:
+        found = self.cache.get(name)
+        if found is None:
+            self.conn.execute(
+                "INSERT INTO keywords(keyword, kind) VALUES (?, ?) ON CONFLICT(keyword) DO UPDATE SET kind = 'artist' WHERE excluded.kind = 'artist'",
+                (name, kind),
+            )
+            found, stored = self.conn.execute("SELECT id, kind FROM keywords WHERE keyword = ?", (name,)).fetchone()
+            self.cache[name], self.kinds[name] = found, stored
+        elif kind == "artist" and self.kinds.get(name) != "artist":
+            self.conn.execute("UPDATE keywords SET kind = 'artist' WHERE id = ?", (found,))
+            self.kinds[name] = "artist"
+        return found
+
+    def forget(self):
+        super().forget()
+        self.kinds.clear()
+
+
 _TRAINING_VALUES = ["width", "height", "similarity", "punsafe", "pwatermark", "aesthetic_score", "hash", "language"]
 
 
@@ -188,6 +237,7 @@ class _TrainingTarget:
     fts = schema.TRAINING_FTS
     text_column = "caption"
     columns = schema.TRAINING_COLUMNS
+    needs_ids = False
 
     def __init__(self, conn):
         self.conn = conn
@@ -220,6 +270,9 @@ class _TrainingTarget:
     def forget_uncommitted(self):
         self.domains.forget()
 
+    def update_present(self, present_ids, prepared: dict):
+        pass
+
     def after_insert(self, last_id: int, prepared: dict):
         """Count the new rows (ids above last_id) per domain."""
         self.conn.execute(
@@ -236,16 +289,19 @@ class _TrainingTarget:
 CORPORA = {
     "diffusiondb-parquet": "diffusiondb",
     "diffusiondb-json": "diffusiondb",
+    "diffusiondb-part": "diffusiondb",
     "diffusiondb-csv": "diffusiondb",
     "lexica-json": "lexica",
     "krea-csv": "krea",
     "i2p-csv": "i2p",
     "image-metadata": "image-metadata",
 }
-# Columns that identify a generation when its corpus gives it no id of its own (the canonical
-# sampler, so that DiffusionDB's parquet (code 8) and its CSV export (k_lms) give the same rows).
-_IDENTITY = ["prompt", "negative_prompt", "seed", "steps", "cfg", "sampler", "width", "height", "model", "user_hash", "created_at"]
-_GENERATION_VALUES = [c for c in schema.GENERATION_COLUMNS if c not in ("key", "source", "dataset_id")]
+# Columns that identify a generation when its corpus gives it no id of its own: everything that
+# makes it a distinct image, the image itself included (Krea's cells of one Discord grid share
+# prompt, seed and time and differ only in their image URL). The sampler is the canonical one, so
+# that DiffusionDB's parquet (code 8) and its CSV export (k_lms) give the same rows.
+_IDENTITY = ["prompt", "negative_prompt", "seed", "steps", "cfg", "sampler", "width", "height", "model", "user_hash", "created_at", "image_url"]
+_GENERATION_VALUES = [c for c in schema.GENERATION_COLUMNS if c not in ("key", "source", "image_root_id", "dataset_id")]
 
 
 class _GenerationTarget:
@@ -256,14 +312,19 @@ class _GenerationTarget:
     fts = schema.GENERATIONS_FTS
     text_column = "prompt"
     columns = schema.GENERATION_COLUMNS
+    needs_ids = True  # a part of images read after its metadata gives rows already present their image
 
     def __init__(self, conn):
         self.conn = conn
         self.corpus = None
-        self.keywords = _NamedIds(conn, "keywords", "keyword")
+        self.image_root_id = None
+        self.keywords = _KeywordIds(conn)
+        self.roots = _NamedIds(conn, "image_roots", "path")
 
     def start(self, source):
         self.corpus = CORPORA.get(source.format, source.format)
+        root = getattr(source, "image_root", None)
+        self.image_root_id = self.roots.id(str(root)) if root else None
 
     def prepare(self, batch: pa.RecordBatch) -> dict:
         from spellbook.text.keywords import extract_many
@@ -275,23 +336,45 @@ class _GenerationTarget:
                 keys.append(stable_key(self.corpus, source_id))
             else:
                 keys.append(stable_key(self.corpus, *("" if values[c][i] is None else str(values[c][i]) for c in _IDENTITY)))
-        # Plain strings cross to the writer process far cheaper than Keyword objects.
+        # Plain strings cross to the writer process far cheaper than Keyword objects. A text that
+        # comes out as an artist anywhere in the batch is an artist (see _KeywordIds).
         keywords = extract_many(values["prompt"])
-        kinds = {keyword.text: keyword.kind for row in keywords for keyword in row}
+        kinds: dict[str, str] = {}
+        for row in keywords:
+            for keyword in row:
+                if kinds.get(keyword.text) != "artist":
+                    kinds[keyword.text] = keyword.kind
         texts = [tuple(keyword.text for keyword in row) for row in keywords]
         return {"keys": keys, "keywords": texts, "kinds": kinds, **values}
 
     def rows(self, prepared: dict, dataset_id: int) -> Iterable[tuple]:
         n = len(prepared["keys"])
+        roots = [self.image_root_id if path is not None else None for path in prepared["image_path"]]
         return zip(
             prepared["keys"],
             [self.corpus] * n,
             *(prepared[name] for name in _GENERATION_VALUES),
+            roots,
             [dataset_id] * n,
         )
 
     def forget_uncommitted(self):
         self.keywords.forget()
+        self.roots.forget()
+
+    def update_present(self, present_ids, prepared: dict):
+        """Rows already present that had no local image get this batch's (a DiffusionDB part
+        downloaded after its metadata was ingested)."""
+        if self.image_root_id is None:
+            return
+        updates = [
+            (path, self.image_root_id, int(generation_id))
+            for generation_id, path in zip(present_ids.tolist(), prepared["image_path"])
+            if generation_id >= 0 and path is not None
+        ]
+        self.conn.executemany(
+            f"UPDATE {self.table} SET image_path = ?, image_root_id = ? WHERE id = ? AND image_path IS NULL", updates
+        )
 
     def after_insert(self, last_id: int, prepared: dict):
         """Link the new generations (ids above last_id) to their keywords; count per keyword and day.
@@ -301,7 +384,6 @@ class _GenerationTarget:
         """
         conn = self.conn
         new_ids = dict(conn.execute(f"SELECT key, id FROM {self.table} WHERE id > ?", (last_id,)))
-        known = self.keywords.cache
         kinds = prepared["kinds"]
         links, link_days, prompt_days = [], [], Counter()
         for key, keywords, created_at in zip(prepared["keys"], prepared["keywords"], prepared["created_at"]):
@@ -311,7 +393,7 @@ class _GenerationTarget:
             day = created_at[:10] if created_at else None
             prompt_days[day] += 1
             # A set: the same text can come back as artist and as modifier, and it is one keyword row.
-            keyword_ids = sorted({known.get(text) or self.keywords.id(text, kind=kinds[text]) for text in keywords})
+            keyword_ids = sorted({self.keywords.id(text, kinds[text]) for text in keywords})
             links.extend((generation_id, keyword_id) for keyword_id in keyword_ids)
             link_days.extend((keyword_id, day) for keyword_id in keyword_ids)
         uses = Counter(keyword_id for keyword_id, _ in link_days)
@@ -340,8 +422,10 @@ def _register_dataset(conn, path: Path, source, target, sha256: str, options: st
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     conn.execute("BEGIN IMMEDIATE")
     if row is not None:  # same file, other options (e.g. --min-aesthetic): read it again
+        # Read from the start: every counter starts again, or they would add up run after run.
         conn.execute(
-            "UPDATE datasets SET schema_version = ?, status = 'loading', rows_read = 0, ingested_at = ? WHERE id = ?",
+            """UPDATE datasets SET schema_version = ?, status = 'loading', rows_read = 0, inserted = 0, already_present = 0,
+               rejected = 0, filtered = 0, ingested_at = ? WHERE id = ?""",
             (version, now, row[0]),
         )
         dataset_id = row[0]
@@ -368,12 +452,15 @@ def _write_batch(conn, target, known: KnownKeys, batch: "PreparedBatch", dataset
         if batch.accepted:
             new = known.new(batch.data["keys"])
             new_keys = np.asarray(batch.data["keys"], dtype=np.int64)[new]
+            present_ids = known.ids_of(batch.data["keys"]) if known.ids is not None else None
             last_id = conn.execute(f"SELECT coalesce(max(id), 0) FROM {target.table}").fetchone()[0]
             if len(new_keys):
                 conn.executemany(sql["insert"], itertools.compress(target.rows(batch.data, dataset_id), new))
                 inserted = len(new_keys)
                 conn.execute(sql["fts"], (last_id,))
                 target.after_insert(last_id, batch.data)
+            if present_ids is not None:
+                target.update_present(present_ids, batch.data)
         summary.add(batch, inserted)
         conn.execute(
             """UPDATE datasets SET rows_read = rows_read + ?, inserted = inserted + ?, already_present = already_present + ?,
@@ -386,7 +473,8 @@ def _write_batch(conn, target, known: KnownKeys, batch: "PreparedBatch", dataset
         target.forget_uncommitted()
         raise
     if new_keys is not None:
-        known.add(new_keys)
+        # New rows took the ids after the previous maximum, in batch order.
+        known.add(new_keys, np.arange(last_id + 1, last_id + 1 + len(new_keys)) if known.ids is not None else None)
 
 
 @dataclass
@@ -504,24 +592,33 @@ def _ingest(db_path: Path, sources, target_class, batch_size: int, progress: boo
         try:
             schema.ensure_schema(conn)
             target = target_class(conn)
-            # Random-order index inserts cost more than the rows: drop these while loading (keys are
+            opened = []
+            for open_source in sources:
+                try:
+                    opened.append(open_source())
+                except InputError as error:
+                    summary.files.append(FileSummary(path=error.path, error=str(error)))
+            # Random-order index inserts cost more than the rows: for a big load, drop these (keys are
             # deduped in memory) and build them in one sort at the end. Should this process be killed,
-            # the next ingest builds them; until then the keys are still unique.
-            deferred = schema.DEFERRED_INDEXES[target.table]
+            # the next ingest builds them; until then the keys are still unique. A small load into a
+            # big table keeps them: rebuilding costs ~35 s at 12M rows, updating them a few ms.
+            present = conn.execute(f"SELECT coalesce(max(id), 0) FROM {target.table}").fetchone()[0]
+            incoming = sum(source.num_rows if source.num_rows is not None else present for source in opened)
+            deferred = schema.DEFERRED_INDEXES[target.table] if incoming * KEEP_INDEXES_BELOW > present else {}
             for index in deferred:
                 conn.execute(f"DROP INDEX IF EXISTS {index}")
-            known = KnownKeys(conn, target.table)
+            known = KnownKeys(conn, target.table, with_ids=target.needs_ids)
             try:
-                for open_source in sources:
+                for source in opened:
                     try:
-                        source = open_source()
                         summary.files.append(_ingest_source(conn, source, target, known, batch_size, progress, options, **read_options))
                     except InputError as error:
                         summary.files.append(FileSummary(path=error.path, error=str(error)))
             finally:
                 # The sorter may use both cores: 24.5 s -> 19 s for the key index at 12.1M rows.
                 conn.execute(f"PRAGMA threads={min(4, os.cpu_count() or 1)}")
-                for index, columns in deferred.items():
+                # Every deferred index, not only those dropped here: a killed earlier run may have left one out.
+                for index, columns in schema.DEFERRED_INDEXES[target.table].items():
                     unique = "UNIQUE " if columns.endswith("(key)") else ""
                     conn.execute(f"CREATE {unique}INDEX IF NOT EXISTS {index} ON {columns}")
             if any(not f.error for f in summary.files):
@@ -542,7 +639,7 @@ def ingest_training_files(db_path: Path, paths, min_aesthetic: float | None = No
     from spellbook.ingest.readers import open_laion, parquet_files
 
     files = [file for path in paths for file in parquet_files(Path(path))]
-    sources = [lambda file=file: open_laion(file) for file in files]
+    sources = [lambda file=file: open_laion(file, min_aesthetic) for file in files]
     options = f"min_aesthetic={min_aesthetic}" if min_aesthetic is not None else ""
     return _ingest(Path(db_path), sources, _TrainingTarget, batch_size, progress, options, min_aesthetic=min_aesthetic)
 

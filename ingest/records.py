@@ -43,13 +43,17 @@ GENERATION_SCHEMA = pa.schema(
         ("width", pa.int64()),
         ("height", pa.int64()),
         ("model", pa.string()),
-        ("image_url", pa.string()),
-        ("image_path", pa.string()),
+        ("image_url", pa.string()),  # only a URL that serves this one image
+        ("image_path", pa.string()),  # relative to the Source's image_root (never absolute)
         ("user_hash", pa.string()),
         ("created_at", pa.string()),  # ISO 8601 UTC, "2022-08-14T00:45:00Z"
         ("image_nsfw", pa.float64()),
         ("prompt_nsfw", pa.float64()),
         ("is_grid", pa.bool_()),
+        ("image_archive", pa.string()),  # where the corpus publishes the image when no URL does ("images/part-000001.zip")
+        ("model_hash", pa.string()),  # the checkpoint's hash as the tool recorded it
+        ("generator", pa.string()),  # the tool that wrote the image: AUTOMATIC1111, ComfyUI, ...
+        ("extra", pa.string()),  # JSON object: the other settings the tool recorded, under its own names
     ]
 )
 
@@ -101,7 +105,10 @@ class ReadBatch:
 
 
 class Source(Protocol):
-    """An opened input file. `batches(skip_rows=n)` resumes after the first n rows."""
+    """An opened input file. `batches(skip_rows=n)` resumes after the first n rows.
+
+    A Source of image files may also say `image_root`: the folder (or zip) its rows' image_path
+    values are relative to."""
 
     path: str
     format: str  # "laion-aesthetics-v2", "diffusiondb-parquet", "lexica-json", ...

@@ -1,4 +1,8 @@
-"""The artist report that joins both sides: /-/artist/NAME, .json, and .csv?side=training|prompts."""
+"""The artist report that joins both sides: /-/artist/NAME, .json, and .csv?side=training|prompts.
+
+The CSV streams in chunks of short queries (never a whole export in memory) and stops at
+EXPORT_LIMIT rows; when there are more, its headers and file name say so, and the page says so
+beside the link."""
 from __future__ import annotations
 
 import csv
@@ -6,11 +10,22 @@ import io
 import urllib.parse
 
 from datasette import hookimpl
-from datasette.utils.asgi import Response
+from datasette.utils.asgi import AsgiStream, Response
 
-from spellbook.queries.reports import artist_prompt_rows, artist_report, artist_training_rows
 from spellbook.plugins._charts import bars, line_chart
-from spellbook.plugins._site import path_text, spellbook_database
+from spellbook.plugins._site import PageError, page_view, path_text, run, spellbook_database
+from spellbook.queries.reports import (
+    EXPORT_CHUNK,
+    EXPORT_LIMIT,
+    PROMPT_EXPORT_COLUMNS,
+    TRAINING_EXPORT_COLUMNS,
+    artist_export_chunk,
+    artist_export_size,
+    artist_report,
+)
+
+ARTIST_TABLES = ["training_images", "domains", "generations", "generation_keywords", "keywords", "keyword_days", "prompt_days", "artists", "datasets"]
+SIDES = {"training": (["training_images", "domains"], TRAINING_EXPORT_COLUMNS), "prompts": (["generations", "generation_keywords", "keywords"], PROMPT_EXPORT_COLUMNS)}
 
 
 async def artist_view(datasette, request):
@@ -18,12 +33,12 @@ async def artist_view(datasette, request):
     database = await spellbook_database(datasette)
     fmt = request.url_vars.get("format")
     if fmt == "csv":
-        return await _csv(database, name, request.args.get("side", "training"))
-    report = await database.execute_fn(lambda conn: artist_report(conn, name))
+        return await _csv(datasette, request, database, name, request.args.get("side", "training"))
+    report = await run(datasette, request, database, lambda conn: artist_report(conn, name), tables=ARTIST_TABLES)
     if fmt == "json":
         return Response.json(report, default=str)
     days = report["prompts"]["days"]
-    histogram = report["training"]["aesthetic_histogram"]
+    histogram = report["training"]["aesthetic_histogram"]["bins"]
     for item, height in zip(histogram, bars([h["count"] for h in histogram])):
         item["height"] = height
     return Response.html(
@@ -33,31 +48,50 @@ async def artist_view(datasette, request):
                 "a": report,
                 "chart": line_chart([d["count"] for d in days], [d["day"] for d in days]),
                 "quoted": urllib.parse.quote(report["artist"], safe=""),
+                "export_limit": EXPORT_LIMIT,
             },
             request=request,
         )
     )
 
 
-async def _csv(database, name: str, side: str):
-    rows_for = artist_prompt_rows if side == "prompts" else artist_training_rows
+async def _csv(datasette, request, database, name: str, side: str):
+    if side not in SIDES:
+        raise PageError(400, "No such side", "side= is training or prompts.")
+    tables, columns = SIDES[side]
+    size = await run(datasette, request, database, lambda conn: artist_export_size(conn, name, side), tables=tables)
+    cut = size > EXPORT_LIMIT
+    slug = "".join(c if c.isalnum() else "-" for c in name.lower())[:80]
+    filename = f"spellbook-{side}-{slug}" + (f"-first-{EXPORT_LIMIT}" if cut else "") + ".csv"
+    headers = {"content-disposition": f'attachment; filename="{filename}"', "x-spellbook-rows": str(min(size, EXPORT_LIMIT))}
+    if cut:
+        headers["x-spellbook-truncated"] = f"the first {EXPORT_LIMIT} rows of more than {EXPORT_LIMIT}"
 
-    def write(conn):
-        columns, rows = rows_for(conn, name)
+    async def stream(writer):
         buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(columns)
-        writer.writerows(rows)
-        return buffer.getvalue()
+        out = csv.writer(buffer)
+        out.writerow(columns)
+        sent, after = 0, 0
+        while sent < EXPORT_LIMIT:
+            want = min(EXPORT_LIMIT - sent, EXPORT_CHUNK)
+            rows = await run(datasette, request, database, lambda conn: artist_export_chunk(conn, name, side, after, want), tables=tables)
+            out.writerows(rows)
+            await writer.write(buffer.getvalue())
+            buffer.seek(0)
+            buffer.truncate()
+            sent += len(rows)
+            if len(rows) < want:
+                break
+            after = rows[-1][0]
+        if buffer.getvalue():
+            await writer.write(buffer.getvalue())
 
-    body = await database.execute_fn(write)
-    filename = f"spellbook-{side}-" + "".join(c if c.isalnum() else "-" for c in name.lower()) + ".csv"
-    return Response(body, content_type="text/csv; charset=utf-8", headers={"content-disposition": f'attachment; filename="{filename}"'})
+    return AsgiStream(stream, headers=headers, content_type="text/csv; charset=utf-8")
 
 
 @hookimpl
 def register_routes():
-    return [(r"^/-/artist/(?P<name>[^/]+?)(\.(?P<format>json|csv))?$", artist_view)]
+    return [(r"^/-/artist/(?P<name>[^/]+?)(\.(?P<format>json|csv))?$", page_view(artist_view))]
 
 
 @hookimpl

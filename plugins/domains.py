@@ -4,21 +4,26 @@ from __future__ import annotations
 from datasette import hookimpl
 from datasette.utils.asgi import Response
 
+from spellbook.plugins._site import int_arg, page_view, query_arg, run, spellbook_database
 from spellbook.queries.domains import domain_breakdown
 from spellbook.queries.search import BREAKDOWN_SAMPLE
-from spellbook.plugins._site import int_arg, query_arg, spellbook_database
 
 
 def with_shares(breakdown: dict) -> list[dict]:
-    """Bars for the chart: each top domain, then "other"; share is percent of the total,
-    width is percent of the longest named bar, so a long tail of "other" does not squash the chart
-    (its own bar is capped at full width)."""
+    """Bars for the chart: each top domain, then "other"; share is percent of the total. Every bar
+    is drawn to one scale, the longest named bar's, so a long tail of "other" does not squash the
+    chart; an "other" bar longer than that is drawn broken (`broken`: a visible gap, not to scale)
+    rather than passed off as the same length as the top domain's."""
     items = list(breakdown["domains"])
     if breakdown["other"]:
         items.append({"domain": None, "count": breakdown["other"]})
     total = sum(item["count"] for item in items) or 1
     longest = max((item["count"] for item in breakdown["domains"]), default=0) or 1
-    return [dict(item, share=100.0 * item["count"] / total, width=min(100.0, 100.0 * item["count"] / longest)) for item in items]
+    bars = []
+    for item in items:
+        width = 100.0 * item["count"] / longest
+        bars.append(dict(item, share=100.0 * item["count"] / total, width=min(100.0, width), broken=width > 100.0))
+    return bars
 
 
 async def domains_view(datasette, request):
@@ -27,7 +32,9 @@ async def domains_view(datasette, request):
     # ?exact=1 counts every match (seconds for a common word at 12M rows) instead of a spread sample.
     sample = 10**12 if request.args.get("exact") == "1" else BREAKDOWN_SAMPLE
     database = await spellbook_database(datasette)
-    breakdown = await database.execute_fn(lambda conn: domain_breakdown(conn, q, top=top, sample=sample))
+    breakdown = await run(
+        datasette, request, database, lambda conn: domain_breakdown(conn, q, top=top, sample=sample), tables=["training_images", "domains"]
+    )
     if request.url_vars.get("format") == "json":
         return Response.json(breakdown)
     template = "spellbook_domain_bars.html" if request.args.get("fragment") == "1" else "spellbook_domains.html"
@@ -42,7 +49,7 @@ async def domains_view(datasette, request):
 
 @hookimpl
 def register_routes():
-    return [(r"^/-/domains(\.(?P<format>json))?$", domains_view)]
+    return [(r"^/-/domains(\.(?P<format>json))?$", page_view(domains_view))]
 
 
 @hookimpl

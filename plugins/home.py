@@ -2,23 +2,23 @@
 from __future__ import annotations
 
 from datasette import hookimpl
-from datasette.utils.asgi import NotFound
+from datasette.utils.asgi import Forbidden, NotFound
 
+from spellbook.plugins._site import PageError, run, spellbook_database
 from spellbook.queries.reports import site_summary
-from spellbook.plugins._site import spellbook_database
 
 
 @hookimpl
-def extra_template_vars(template, datasette):
+def extra_template_vars(template, datasette, request):
     if template != "index.html":
         return {}
 
     async def spellbook_vars():
         try:
             database = await spellbook_database(datasette)
-        except NotFound:  # a Datasette serving no Spellbook database keeps its stock index
+            summary = await run(datasette, request, database, site_summary, tables=["datasets", "domains", "artists"])
+        except (NotFound, Forbidden, PageError):  # no Spellbook database here, or not one this visitor may see
             return {"spellbook": None}
-        summary = await database.execute_fn(site_summary)
         summary["database"] = database.name
         return {"spellbook": summary}
 

@@ -6,15 +6,18 @@ import urllib.parse
 from datasette import hookimpl
 from datasette.utils.asgi import NotFound, Response
 
-from spellbook.queries.reports import keyword_report
 from spellbook.plugins._charts import line_chart
-from spellbook.plugins._site import path_text, spellbook_database
+from spellbook.plugins._site import page_view, path_text, run, spellbook_database
+from spellbook.queries.reports import keyword_report
 
 
 async def keyword_view(datasette, request):
     keyword = path_text(request, "keyword")
     database = await spellbook_database(datasette, "generations")
-    report = await database.execute_fn(lambda conn: keyword_report(conn, keyword))
+    report = await run(
+        datasette, request, database, lambda conn: keyword_report(conn, keyword),
+        tables=["keywords", "keyword_days", "prompt_days", "generation_keywords", "generations", "training_images", "datasets"],
+    )
     if report is None:
         raise NotFound(f"No keyword {keyword!r}")
     if request.url_vars.get("format") == "json":
@@ -27,7 +30,7 @@ async def keyword_view(datasette, request):
 
 @hookimpl
 def register_routes():
-    return [(r"^/-/keyword/(?P<keyword>[^/]+?)(\.(?P<format>json))?$", keyword_view)]
+    return [(r"^/-/keyword/(?P<keyword>[^/]+?)(\.(?P<format>json))?$", page_view(keyword_view))]
 
 
 @hookimpl

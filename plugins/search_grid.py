@@ -6,8 +6,8 @@ import urllib.parse
 from datasette import hookimpl
 from datasette.utils.asgi import Response
 
+from spellbook.plugins._site import MAX_PAGE, config, int_arg, next_page_url, page_view, query_arg, run, spellbook_database
 from spellbook.queries.search import search_training
-from spellbook.plugins._site import config, int_arg, query_arg, spellbook_database
 
 
 def tile_width(width, height, tile_height: int = 180) -> int:
@@ -22,15 +22,19 @@ async def search_view(datasette, request):
     domain = query_arg(request, "domain") or None
     settings = config(datasette)
     page_size = int_arg(request, "_size", settings["page_size"], 1, 500)
-    page = int_arg(request, "page", 1, 1, 1000)
+    page = int_arg(request, "page", 1, 1, MAX_PAGE)
     database = await spellbook_database(datasette)
-    result = await database.execute_fn(
-        lambda conn: search_training(conn, q, limit=page_size, offset=(page - 1) * page_size, domain=domain)
+    result = await run(
+        datasette, request, database,
+        lambda conn: search_training(conn, q, limit=page_size, offset=(page - 1) * page_size, domain=domain),
+        tables=["training_images", "domains"],
     )
+    next_url = next_page_url(request, page, page_size, len(result.rows), result.total)
     if request.url_vars.get("format") == "json":
         rows = [{k: v for k, v in row.items() if k not in ("text_html", "safe_url")} for row in result.rows]
         return Response.json(
-            {"query": q, "domain": domain, "total": result.total, "total_exact": result.total_exact, "ranked": result.ranked, "rows": rows}
+            {"query": q, "domain": domain, "total": result.total, "total_exact": result.total_exact, "ranked": result.ranked,
+             "page": page, "page_size": page_size, "next": next_url, "rows": rows}
         )
     threshold = float(settings["punsafe_blur_threshold"])
     for row in result.rows:
@@ -50,9 +54,7 @@ async def search_view(datasette, request):
                 "page_size": page_size,
                 "database": database.name,
                 "table_url": datasette.urls.table(database.name, "training_images") + ("?" + urllib.parse.urlencode(table_query) if table_query else ""),
-                "next_url": "?" + urllib.parse.urlencode({k: v for k, v in {"q": q, "domain": domain, "page": page + 1}.items() if v})
-                if page * page_size < result.total
-                else None,
+                "next_url": next_url,
             },
             request=request,
         )
@@ -61,4 +63,4 @@ async def search_view(datasette, request):
 
 @hookimpl
 def register_routes():
-    return [(r"^/-/search(\.(?P<format>json))?$", search_view)]
+    return [(r"^/-/search(\.(?P<format>json))?$", page_view(search_view))]

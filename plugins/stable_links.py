@@ -8,18 +8,26 @@ from __future__ import annotations
 from datasette import hookimpl
 from datasette.utils.asgi import NotFound, Response
 
-from spellbook.plugins._site import spellbook_database
+from spellbook.plugins._site import page_view, run, spellbook_database
+
+
+KEY_RANGE = range(-(2**63), 2**63)  # what SQLite's INTEGER holds; keys are 63-bit, so never outside
 
 
 async def image_by_key(datasette, request):
     key = int(request.url_vars["key"])
+    if key not in KEY_RANGE:
+        raise NotFound(f"No training image has key {key}")
     database = await spellbook_database(datasette)
-    row = (await database.execute("SELECT id FROM training_images WHERE key = ?", [key])).first()
+    row = await run(
+        datasette, request, database,
+        lambda conn: conn.execute("SELECT id FROM training_images WHERE key = ?", (key,)).fetchone(), tables=["training_images"],
+    )
     if row is None:
         raise NotFound(f"No training image has key {key}")
-    return Response.redirect(datasette.urls.row(database.name, "training_images", str(row["id"])))
+    return Response.redirect(datasette.urls.row(database.name, "training_images", str(row[0])))
 
 
 @hookimpl
 def register_routes():
-    return [(r"^/-/image/(?P<key>-?\d{1,19})$", image_by_key)]
+    return [(r"^/-/image/(?P<key>-?\d{1,19})$", page_view(image_by_key))]

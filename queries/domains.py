@@ -5,8 +5,12 @@ over the id range and scales it up (marked as an estimate).
 """
 from __future__ import annotations
 
+import json
+from collections import Counter
+
 from spellbook.database.schema import TRAINING_FTS, TRAINING_TABLE
-from spellbook.queries.search import BREAKDOWN_SAMPLE, max_id, window_starts, windows_for, count_matches, estimate_matches
+from spellbook.queries.search import BREAKDOWN_SAMPLE, TRAINING, count_matches, estimate_matches, fetcher, max_id, windows_for
+from spellbook.queries.spread import Windows
 from spellbook.text.fts import fts_query
 
 
@@ -25,18 +29,15 @@ def domain_breakdown(conn, q: str | None = None, top: int = 15, sample: int = BR
     if matches <= sample:
         rows = _domain_counts(conn, f"SELECT rowid FROM {TRAINING_FTS} WHERE {TRAINING_FTS} MATCH :match", {"match": match})
         return _breakdown(q, matches, rows[:top], estimated=False, counted=sum(n for _, n in rows))
-    # Count `sample` matches taken evenly from WINDOWS id windows, and scale up.
-    total = estimate_matches(conn, match)
-    per_window = max(1, sample // windows_for(match))
-    windows = " UNION ALL ".join(
-        f"SELECT * FROM (SELECT rowid FROM {TRAINING_FTS} WHERE {TRAINING_FTS} MATCH :match AND rowid >= {start} ORDER BY rowid LIMIT {per_window})"
-        for start in window_starts(max_id(conn), windows_for(match))
-    )
-    rows = _domain_counts(conn, windows, {"match": match})
-    counted = sum(n for _, n in rows) or 1
-    scale = total / counted
-    scaled = [(domain, round(n * scale)) for domain, n in rows]
-    return _breakdown(q, total, scaled[:top], estimated=True, counted=sum(n for _, n in scaled))
+    # Count a sample spread over the id range, each match weighted by how many it stands for.
+    spread = Windows.over(max_id(conn), windows_for(match)).sample(fetcher(conn, TRAINING, match), need=sample)
+    total = max(estimate_matches(conn, match), spread.size)
+    weighted: Counter = Counter()
+    for weight, ids in spread.by_weight(total):  # two groups: windows sampled whole, and the rest
+        for domain, n in _domain_counts(conn, "SELECT value AS rowid FROM json_each(:ids)", {"ids": json.dumps(ids)}):
+            weighted[domain] += n * weight
+    scaled = sorted(((domain, round(n)) for domain, n in weighted.items()), key=lambda item: (-item[1], item[0]))
+    return _breakdown(q, total, scaled[:top], estimated=True, counted=total)
 
 
 def _domain_counts(conn, matches_sql: str, params: dict) -> list[tuple[str, int]]:

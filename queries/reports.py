@@ -6,17 +6,24 @@ counts on both sides (artists). Co-occurrence is counted on demand over a bounde
 """
 from __future__ import annotations
 
+import json
+
 from spellbook.queries.domains import domain_breakdown
 from spellbook.queries.search import (
     COUNT_LIMIT,
     PROMPTS,
+    TRAINING,
     SearchResult,
     _fetch,
     _row_dict,
     count_matches,
     estimate_matches,
+    fetcher,
+    max_id,
     search_training,
+    windows_for,
 )
+from spellbook.queries.spread import Windows
 from spellbook.text.fts import fts_query
 from spellbook.text.samplers import a1111_name
 
@@ -65,6 +72,8 @@ def generation(conn, generation_id: int) -> dict | None:
     if row is None:
         return None
     record = dict(zip([c[0] for c in cursor.description], row))
+    record["extra"] = json.loads(record["extra"]) if record.get("extra") else {}
+    record["has_local_image"] = record.pop("image_root_id") is not None and record["image_path"] is not None
     record["sampler_a1111"] = a1111_name(record["sampler"])
     record["generation_data"] = generation_data(record)
     record["keywords"] = [
@@ -76,6 +85,16 @@ def generation(conn, generation_id: int) -> dict | None:
         )
     ]
     return record
+
+
+def local_image(conn, generation_id: int) -> tuple[str, str] | None:
+    """(image root, path below it) of a generation's image on this machine, for serving it; the
+    root never leaves the server."""
+    return conn.execute(
+        """SELECT r.path, g.image_path FROM generations g JOIN image_roots r ON r.id = g.image_root_id
+           WHERE g.id = ? AND g.image_path IS NOT NULL""",
+        (generation_id,),
+    ).fetchone()
 
 
 def total_prompts(conn) -> int:
@@ -153,16 +172,26 @@ def _prompt_side(conn, keyword: str) -> dict | None:
     }
 
 
-def _aesthetic_histogram(conn, match: str) -> list[dict]:
-    """Aesthetic scores of (up to HISTOGRAM_SAMPLE of) the matching captions, in bins of 0.25."""
-    rows = conn.execute(
-        """SELECT cast(t.aesthetic_score * 4 AS INTEGER) / 4.0 AS bin, count(*)
-           FROM (SELECT rowid FROM training_images_fts WHERE training_images_fts MATCH ? LIMIT ?) h
-           JOIN training_images t ON t.id = h.rowid
-           WHERE t.aesthetic_score IS NOT NULL GROUP BY bin ORDER BY bin""",
-        (match, HISTOGRAM_SAMPLE),
-    ).fetchall()
-    return [{"bin": score_bin, "count": count} for score_bin, count in rows]
+HISTOGRAM_BIN = 0.25
+
+
+def _aesthetic_histogram(conn, match: str, count: int) -> dict:
+    """Aesthetic scores of the matching captions in bins of 0.25, every bin from the lowest to the
+    highest kept (empty ones too, so the bars keep their places). Above HISTOGRAM_SAMPLE matches,
+    from a sample spread over the id range, weighted like the domain breakdown, and labelled so."""
+    spread = Windows.over(max_id(conn), windows_for(match)).sample(fetcher(conn, TRAINING, match), need=HISTOGRAM_SAMPLE)
+    counts: dict[int, float] = {}
+    for weight, ids in spread.by_weight(max(count, spread.size)):
+        for score_bin, n in conn.execute(
+            f"""SELECT cast(aesthetic_score / {HISTOGRAM_BIN} AS INTEGER), count(*) FROM training_images
+                WHERE id IN (SELECT value FROM json_each(?)) AND aesthetic_score IS NOT NULL GROUP BY 1""",
+            (json.dumps(ids),),
+        ):
+            counts[score_bin] = counts.get(score_bin, 0.0) + n * weight
+    bins = [] if not counts else [
+        {"bin": index * HISTOGRAM_BIN, "count": round(counts.get(index, 0.0))} for index in range(min(counts), max(counts) + 1)
+    ]
+    return {"bins": bins, "sampled": not spread.complete, "sample": spread.size}
 
 
 def canonical_artist(name: str) -> str:
@@ -188,7 +217,7 @@ def artist_report(conn, name: str) -> dict:
             "total": total,
             "query": training["query"],
             "domains": domain_breakdown(conn, training["query"], top=10) if match else None,
-            "aesthetic_histogram": _aesthetic_histogram(conn, match) if match else [],
+            "aesthetic_histogram": _aesthetic_histogram(conn, match, training["count"]) if match else {"bins": [], "sampled": False, "sample": 0},
             "examples": search_training(conn, training["query"], limit=EXAMPLES).rows if match else [],
         },
     }
@@ -218,30 +247,42 @@ def top_artists(conn, limit: int = 20) -> dict:
     return {"by_training": side["training_count"], "by_prompts": side["prompt_count"]}
 
 
-def artist_training_rows(conn, name: str, limit: int = COUNT_LIMIT):
-    """Every training caption mentioning the artist (up to limit), for CSV export."""
+EXPORT_LIMIT = 100_000  # rows in one CSV export; the page and the response say when there are more
+EXPORT_CHUNK = 5_000  # rows fetched per query while an export streams
+
+TRAINING_EXPORT_COLUMNS = ["id", "key", "url", "caption", "domain", "width", "height", "aesthetic_score", "punsafe"]
+PROMPT_EXPORT_COLUMNS = ["id", "source", "source_id", "prompt", "negative_prompt", "seed", "steps", "cfg", "sampler",
+                         "width", "height", "model", "image_url", "created_at"]
+
+
+def artist_export_size(conn, name: str, side: str) -> int:
+    """How many rows the export of one side would hold before EXPORT_LIMIT: exact up to EXPORT_LIMIT + 1."""
+    if side == "prompts":
+        row = conn.execute("SELECT prompt_count FROM keywords WHERE keyword = ?", (canonical_artist(name),)).fetchone()
+        return row[0] if row else 0
+    match = fts_query(f'"{canonical_artist(name)}"')
+    return count_matches(conn, match, EXPORT_LIMIT) if match else 0
+
+
+def artist_export_chunk(conn, name: str, side: str, after: int = 0, limit: int = EXPORT_CHUNK) -> list[tuple]:
+    """The next rows of an artist's export, in id order after id `after`: training captions that
+    mention the name, or prompts that use it (side="prompts"). Each chunk is its own short query."""
+    if side == "prompts":
+        return conn.execute(
+            f"""SELECT {", ".join("g." + c for c in PROMPT_EXPORT_COLUMNS)}
+                FROM keywords k JOIN generation_keywords gk ON gk.keyword_id = k.id JOIN generations g ON g.id = gk.generation_id
+                WHERE k.keyword = ? AND gk.generation_id > ? ORDER BY gk.generation_id LIMIT ?""",
+            (canonical_artist(name), after, limit),
+        ).fetchall()
     match = fts_query(f'"{canonical_artist(name)}"')
     if match is None:
-        return [], []
-    cursor = conn.execute(
+        return []
+    return conn.execute(
         """SELECT t.id, t.key, t.url, t.caption, d.domain, t.width, t.height, t.aesthetic_score, t.punsafe
-           FROM (SELECT rowid FROM training_images_fts WHERE training_images_fts MATCH ? LIMIT ?) h
+           FROM (SELECT rowid FROM training_images_fts WHERE training_images_fts MATCH ? AND rowid > ? ORDER BY rowid LIMIT ?) h
            JOIN training_images t ON t.id = h.rowid LEFT JOIN domains d ON d.id = t.domain_id ORDER BY t.id""",
-        (match, limit),
-    )
-    return [c[0] for c in cursor.description], cursor
-
-
-def artist_prompt_rows(conn, name: str, limit: int = COUNT_LIMIT):
-    """Every prompt using the artist as a keyword (up to limit), for CSV export."""
-    cursor = conn.execute(
-        """SELECT g.id, g.source, g.source_id, g.prompt, g.negative_prompt, g.seed, g.steps, g.cfg, g.sampler,
-                  g.width, g.height, g.model, g.image_url, g.created_at
-           FROM keywords k JOIN generation_keywords gk ON gk.keyword_id = k.id JOIN generations g ON g.id = gk.generation_id
-           WHERE k.keyword = ? ORDER BY g.id LIMIT ?""",
-        (canonical_artist(name), limit),
-    )
-    return [c[0] for c in cursor.description], cursor
+        (match, after, limit),
+    ).fetchall()
 
 
 def site_summary(conn) -> dict:
@@ -262,12 +303,13 @@ def site_summary(conn) -> dict:
 
 __all__ = [
     "SearchResult",
-    "artist_prompt_rows",
+    "artist_export_chunk",
+    "artist_export_size",
     "artist_report",
-    "artist_training_rows",
     "generation",
     "generation_data",
     "keyword_report",
+    "local_image",
     "site_summary",
     "top_artists",
 ]

@@ -10,7 +10,6 @@ so a file sorted by domain or date cannot skew what is shown.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 
 from spellbook.database.schema import (
@@ -21,6 +20,8 @@ from spellbook.database.schema import (
     TRAINING_FTS_VOCAB,
     TRAINING_TABLE,
 )
+from spellbook.queries.spread import Windows
+from spellbook.text.fold import tokens
 from spellbook.text.fts import fts_query, is_phrase, is_prefix, match_terms, phrases
 from spellbook.text.markup import highlighted, safe_url
 
@@ -29,6 +30,7 @@ WINDOWS = 50  # spread samples of huge results over this many id windows
 PREFIX_WINDOWS = 5  # fewer for prefixes and phrases: each window merges doclists or checks positions again
 COUNT_LIMIT = 100_000  # count exactly up to here; beyond, the count comes from a sample
 BREAKDOWN_SAMPLE = 25_000  # domain breakdown of bigger results: from this many spread matches, scaled
+DOMAIN_SHARE_SAMPLE = 2_000  # matches looked at to estimate a domain's share of a huge result
 
 @dataclass
 class SearchResult:
@@ -68,7 +70,8 @@ PROMPTS = Corpus(
     "prompt",
     "image_url",
     "t.id, t.source, t.prompt, t.negative_prompt, t.seed, t.steps, t.cfg, t.sampler, t.width, t.height, t.model, "
-    "t.image_url, t.image_nsfw, t.created_at, t.is_grid",
+    "t.image_url, t.image_nsfw, t.created_at, t.is_grid, t.image_archive, "
+    "(t.image_path IS NOT NULL AND t.image_root_id IS NOT NULL) AS has_local_image",
 )
 
 
@@ -80,49 +83,103 @@ def count_matches(conn, match: str, limit: int, corpus: Corpus = TRAINING) -> in
     ).fetchone()[0]
 
 
-def _domain_id(conn, domain: str | None) -> int | None:
+@dataclass(frozen=True)
+class Domain:
+    """A domain filter: the domain's id and how many images it has (domains.image_count)."""
+
+    id: int
+    images: int
+
+
+NO_SUCH_DOMAIN = Domain(-1, 0)
+
+
+def find_domain(conn, domain: str | None) -> Domain | None:
+    """The domain filter for a name: None without one, NO_SUCH_DOMAIN for a name not in the table."""
     if not domain:
         return None
-    row = conn.execute("SELECT id FROM domains WHERE domain = ?", (domain,)).fetchone()
-    return row[0] if row else -1
+    row = conn.execute("SELECT id, image_count FROM domains WHERE domain = ?", (domain,)).fetchone()
+    return Domain(*row) if row else NO_SUCH_DOMAIN
 
 
 def search_training(conn, q: str, limit: int = 100, offset: int = 0, domain: str | None = None) -> SearchResult:
     """Caption matches for q (shortest first when few enough to order), optionally from one domain."""
     match = fts_query(q)
-    domain_id = _domain_id(conn, domain)
+    in_domain = find_domain(conn, domain)
+    if in_domain is NO_SUCH_DOMAIN:  # nothing to look for: no scan of the table
+        return SearchResult(query=q or "", total=0, total_exact=True, ranked=match is not None)
     if match is None:
-        return _browse(conn, q, limit, offset, domain_id)
-    if domain_id is None:
-        return fts_page(conn, TRAINING, q, match, limit, offset)
-    return fts_page(conn, TRAINING, q, match, limit, offset, where="t.domain_id = :domain_id", params={"domain_id": domain_id})
+        return _browse(conn, q, limit, offset, in_domain)
+    return fts_page(conn, TRAINING, q, match, limit, offset, domain=in_domain)
 
 
 def search_prompts(conn, q: str, limit: int = 100, offset: int = 0) -> SearchResult:
-    """Top prompt matches for q; without words, the latest generations."""
+    """Top prompt matches for q; without words, the newest generations (by when they were made;
+    those without a date last: SQLite sorts NULL lowest)."""
     match = fts_query(q)
     if match is None:
-        sql = f"SELECT {PROMPTS.columns}, t.prompt AS highlighted FROM {PROMPTS.table} t ORDER BY t.id DESC LIMIT ? OFFSET ?"
+        # The index on created_at holds the rowid too: this walks it backwards, newest first.
+        sql = f"""SELECT {PROMPTS.columns}, t.prompt AS highlighted FROM {PROMPTS.table} t
+                  ORDER BY t.created_at DESC, t.id DESC LIMIT ? OFFSET ?"""
         rows = [_row_dict(PROMPTS, row, description) for row, description in _fetch(conn, sql, (limit, offset))]
-        total = conn.execute(f"SELECT coalesce(max(id), 0) FROM {PROMPTS.table}").fetchone()[0]
-        return SearchResult(query=q or "", total=total, total_exact=False, ranked=False, rows=rows)
+        total = conn.execute("SELECT coalesce(sum(inserted), 0) FROM datasets WHERE kind = 'prompts'").fetchone()[0]
+        return SearchResult(query=q or "", total=total, total_exact=True, ranked=False, rows=rows)
     return fts_page(conn, PROMPTS, q, match, limit, offset)
 
 
-def fts_page(conn, corpus: Corpus, q: str, match: str, limit: int, offset: int, where: str = "", params: dict | None = None) -> SearchResult:
+def fetcher(conn, corpus: Corpus, match: str, domain: Domain | None = None):
+    """fetch(start, end, after, limit): matches with start <= id < end and id > after, in id order."""
+    join, condition = "", ""
+    if domain is not None:
+        # CROSS JOIN keeps the FTS walk outside: left to itself, SQLite would walk the domain's
+        # index and probe FTS for every one of its rows (the strategy _domain_matches takes only
+        # when the domain is much the smaller).
+        join, condition = f"CROSS JOIN {corpus.table} t ON t.id = f.rowid", " AND t.domain_id = :domain_id"
+    sql = f"""SELECT f.rowid FROM {corpus.fts} f {join} WHERE {corpus.fts} MATCH :match{condition}
+              AND f.rowid > :after AND f.rowid < :end ORDER BY f.rowid LIMIT :limit"""
+
+    def fetch(start: int, end: int, after: int, limit: int) -> list[int]:
+        params = {"match": match, "after": max(after, start - 1), "end": end, "limit": limit, "domain_id": domain.id if domain else None}
+        return [rowid for (rowid,) in conn.execute(sql, params)]
+
+    return fetch
+
+
+def list_fetcher(ids: list[int]):
+    """The same over ids already in hand (sorted)."""
+    from bisect import bisect_left, bisect_right
+
+    def fetch(start: int, end: int, after: int, limit: int) -> list[int]:
+        low = bisect_right(ids, max(after, start - 1))
+        high = bisect_left(ids, end, lo=low)
+        return ids[low : min(high, low + limit)]
+
+    return fetch
+
+
+# Intersecting a search with a small domain: probing the index for each of the domain's images
+# (15-45 us each) beats walking the search's matches (0.2-4 us each) once the domain is this many
+# times smaller than the search (measured at 1M rows; bench/README.md).
+PROBE_RATIO = 80
+
+
+def _domain_matches(conn, corpus: Corpus, match: str, domain: Domain) -> list[int]:
+    """Every image of the domain that matches: the domain's ids from its index, each probed in FTS."""
+    sql = f"SELECT count(*) FROM {corpus.fts} WHERE {corpus.fts} MATCH ? AND rowid = ?"
+    ids = [row_id for (row_id,) in conn.execute(f"SELECT id FROM {corpus.table} WHERE domain_id = ? ORDER BY id", (domain.id,))]
+    return [row_id for row_id in ids if conn.execute(sql, (match, row_id)).fetchone()[0]]
+
+
+def fts_page(conn, corpus: Corpus, q: str, match: str, limit: int, offset: int, domain: Domain | None = None) -> SearchResult:
     """One page of matches: up to RANK_LIMIT matches in relevance order (shortest text first), else
-    matches spread evenly over the id range."""
-    params = {"match": match, "limit": limit, "offset": offset, **(params or {})}
-    condition = f" AND {where}" if where else ""
-    join = f"JOIN {corpus.table} t ON t.id = f.rowid" if where else ""
+    matches spread evenly over the id range (queries/spread.py), optionally within one domain."""
     terms = match_terms(match)
-    # One walk gives both the count and, for results small enough to order, every candidate.
-    candidates = [
-        rowid
-        for (rowid,) in conn.execute(
-            f"SELECT f.rowid FROM {corpus.fts} f {join} WHERE {corpus.fts} MATCH :match{condition} LIMIT {RANK_LIMIT + 1}", params
-        )
-    ]
+    rows_total = max_id(conn, corpus)
+    fetch = fetcher(conn, corpus, match, domain)
+    if domain is not None and domain.images * PROBE_RATIO < estimate_matches(conn, match, corpus):
+        fetch = list_fetcher(_domain_matches(conn, corpus, match, domain))
+    # One walk from the start gives both the count and, for results small enough to order, every match.
+    candidates = fetch(1, rows_total + 1, 0, RANK_LIMIT + 1)
     if len(candidates) <= RANK_LIMIT:
         # Shortest text first: there the matched words are most of the caption or prompt. (bm25 would
         # walk every query term's whole doclist again for its document frequency: 90 ms for
@@ -137,30 +194,37 @@ def fts_page(conn, corpus: Corpus, q: str, match: str, limit: int, offset: int, 
         ]
         rows = _rows_by_id(conn, corpus, ids, terms)
         return SearchResult(query=q, total=len(candidates), total_exact=True, ranked=True, rows=rows)
-    if where:
-        matches = conn.execute(
-            f"""SELECT count(*) FROM (SELECT t.id FROM {corpus.fts} f JOIN {corpus.table} t ON t.id = f.rowid
-                WHERE {corpus.fts} MATCH :match{condition} LIMIT {COUNT_LIMIT + 1})""",
-            params,
-        ).fetchone()[0]
-    elif is_prefix(match):
-        matches = COUNT_LIMIT + 1  # a prefix merges many terms' doclists: counting further is slow
+    sample = Windows.over(rows_total, windows_for(match)).sample(fetch, need=offset + limit)
+    ids = sample.page(offset, limit)
+    if sample.complete:  # the result ended within the sample: its size is the exact total
+        total, exact = sample.size, True
     else:
-        matches = count_matches(conn, match, COUNT_LIMIT, corpus)
-    exact = matches <= COUNT_LIMIT
-    total = matches if exact else estimate_matches(conn, match, corpus)
-    # A page of a huge result: the same number of matches from each of `windows` id windows.
-    windows = min(windows_for(match), limit)
-    params.update(per_window=-(-limit // windows), skip=offset // windows)
-    sql = f"""SELECT f.rowid FROM {corpus.fts} f {join} WHERE {corpus.fts} MATCH :match{condition}
-              AND f.rowid >= :start ORDER BY f.rowid LIMIT :per_window OFFSET :skip"""
-    ids = []
-    for start in window_starts(max_id(conn, corpus), windows):
-        ids.extend(rowid for (rowid,) in conn.execute(sql, dict(params, start=start)))
-        if len(ids) >= limit:
-            break
-    ids = list(dict.fromkeys(ids))[:limit]
+        total, exact = _total(conn, corpus, match, domain, rows_total)
     return SearchResult(query=q, total=total, total_exact=exact, ranked=False, rows=_rows_by_id(conn, corpus, ids, terms))
+
+
+def _total(conn, corpus: Corpus, match: str, domain: Domain | None, rows_total: int) -> tuple[int, bool]:
+    """(total, exact) of a result bigger than RANK_LIMIT."""
+    if domain is not None:
+        # Not counted (that walks every match): the domain's share of a sample of the search's
+        # matches spread over the collection, times the search's total.
+        matches = estimate_matches(conn, match, corpus)
+        spread = Windows.over(rows_total, windows_for(match)).sample(fetcher(conn, corpus, match), need=DOMAIN_SHARE_SAMPLE)
+        in_domain = total_weight = 0.0
+        for weight, ids in spread.by_weight(matches):
+            (hits,) = conn.execute(
+                f"SELECT count(*) FROM {corpus.table} WHERE id IN (SELECT value FROM json_each(?)) AND domain_id = ?", (json.dumps(ids), domain.id)
+            ).fetchone()
+            in_domain += hits * weight
+            total_weight += len(ids) * weight
+        guess = round(matches * in_domain / total_weight) if total_weight else 0
+        return max(RANK_LIMIT + 1, min(guess, matches, domain.images)), False
+    if is_prefix(match):
+        return estimate_matches(conn, match, corpus), False  # a prefix merges many doclists: counting is slow
+    matches = count_matches(conn, match, COUNT_LIMIT, corpus)
+    if matches <= COUNT_LIMIT:
+        return matches, True
+    return estimate_matches(conn, match, corpus), False
 
 
 def _rows_by_id(conn, corpus: Corpus, ids: list[int], terms) -> list[dict]:
@@ -181,15 +245,10 @@ def max_id(conn, corpus: Corpus = TRAINING) -> int:
     return conn.execute(f"SELECT coalesce(max(id), 0) FROM {corpus.table}").fetchone()[0]
 
 
-def window_starts(max_id: int, windows: int = WINDOWS) -> list[int]:
-    return [1 + (max_id * i) // windows for i in range(windows)]
-
-
-def _browse(conn, q, limit, offset, domain_id) -> SearchResult:
-    """No search words: the images of one domain, or of the whole table, in id order."""
-    if domain_id is not None:
-        total = conn.execute(f"SELECT count(*) FROM {TRAINING_TABLE} WHERE domain_id = ?", (domain_id,)).fetchone()[0]
-        where = "WHERE t.domain_id = :domain_id"
+def _browse(conn, q, limit, offset, domain: Domain | None) -> SearchResult:
+    """No search words: the images of one domain (through its index), or of the whole table, in id order."""
+    if domain is not None:
+        total, where = domain.images, "WHERE t.domain_id = :domain_id"
     else:
         total = conn.execute("SELECT coalesce(sum(image_count), 0) FROM domains").fetchone()[0]
         where = ""
@@ -198,7 +257,7 @@ def _browse(conn, q, limit, offset, domain_id) -> SearchResult:
         FROM {TRAINING_TABLE} t {TRAINING.joins}
         {where} ORDER BY t.id LIMIT :limit OFFSET :offset
     """
-    params = {"limit": limit, "offset": offset, "domain_id": domain_id}
+    params = {"limit": limit, "offset": offset, "domain_id": domain.id if domain else None}
     rows = [_row_dict(TRAINING, row, description) for row, description in _fetch(conn, sql, params)]
     return SearchResult(query=q or "", total=total, total_exact=True, ranked=False, rows=rows)
 
@@ -218,21 +277,21 @@ def _row_dict(corpus: Corpus, row, description, terms=(frozenset(), ())) -> dict
 
 
 def estimate_matches(conn, match: str, corpus: Corpus = TRAINING) -> int:
-    """Number of matches of a huge result, from FTS5's per-term document counts (fts5vocab).
+    """Number of matches of a huge result, from FTS5's per-term document counts (fts5vocab),
+    looked up with the index's own folding ("pokémon" is stored as "pokemon").
 
-    Exact for a single term; for several terms the rarest bounds it; a prefix sums its terms' counts.
-    """
+    Exact for a single term; for several terms the rarest bounds it; a prefix sums its terms' counts
+    (a row with two such words counts twice, so the sum is capped at the table's rows)."""
     counts = []
-    for term, prefix in phrases(match):
-        words = [w.lower() for w in re.findall(r"\w+", term)]
+    for phrase, prefix in phrases(match):
+        words = tokens(phrase)
         if not words:
             continue
         if prefix:  # the prefix applies to the last word
-            last = words[-1]
-            row = conn.execute(f"SELECT sum(doc) FROM {corpus.vocab} WHERE term >= ? AND term < ?", (last, last + "\uffff")).fetchone()
+            last = words.pop()
+            row = conn.execute(f"SELECT sum(doc) FROM {corpus.vocab} WHERE term >= ? AND term < ?", (last, last + "\U0010ffff")).fetchone()
             counts.append(row[0] or 0)
-            words = words[:-1]
         for word in words:
             row = conn.execute(f"SELECT doc FROM {corpus.vocab} WHERE term = ?", (word,)).fetchone()
             counts.append(row[0] if row else 0)
-    return min(counts) if counts else 0
+    return min(min(counts), max_id(conn, corpus)) if counts else 0

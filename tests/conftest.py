@@ -102,10 +102,15 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         if command is None:
-            command = [str(Path(sys.executable).parent / "spellbook"), "serve", str(db)]
+            command = [*self.spellbook(), "serve", str(db)]
+        # The server's output goes to a file: a pipe nobody reads fills up (Datasette prints a
+        # traceback per error) and then blocks the server.
+        import tempfile
+
+        self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
             [*command, "--port", str(self.port)],
-            stdout=subprocess.PIPE,
+            stdout=self.log,
             stderr=subprocess.STDOUT,
             cwd=cwd,
             env=dict(env or os.environ, PYTHONUNBUFFERED="1"),
@@ -117,10 +122,15 @@ class Server:
                     return
             except OSError:
                 if self.process.poll() is not None:
-                    raise RuntimeError(self.process.stdout.read().decode())
+                    raise RuntimeError(self.output())
                 time.sleep(0.2)
         self.process.kill()
         raise RuntimeError(f"{' '.join(command)} did not start within 30 s")
+
+    @staticmethod
+    def spellbook() -> list[str]:
+        """The `spellbook` program of the Python running the tests."""
+        return [str(Path(sys.executable).parent / "spellbook")]
 
     def get(self, path: str, status: int = 200):
         import httpx
@@ -129,9 +139,18 @@ class Server:
         assert response.status_code == status, (path, response.status_code, response.text[:300])
         return response
 
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
     def stop(self):
         self.process.terminate()
-        self.process.wait(timeout=10)
+        try:
+            self.process.wait(timeout=10)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+            self.log.close()
 
 
 @pytest.fixture
@@ -167,3 +186,32 @@ def browser():
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield chromium
         chromium.close()
+
+
+CLUSTER_WORD = "quokka"
+CLUSTER_ROWS = 200_000
+CLUSTER_DOMAINS = {"alpha-photos.org": 105_000, "beta-pics.net": 95_000}  # in this order, sorted by domain
+EARLY_ROWS = 20_000
+
+
+@pytest.fixture(scope="session")
+def clustered_db(tmp_path_factory) -> Path:
+    """Corpora arrive one after another, so matches bunch up: 20,000 early captions without the
+    search word over 20 domains, then a file of 200,000 captions that all have it ("quokka",
+    "pokémon", "by greg rutkowski"), sorted by domain (105,000 from alpha-photos.org first), with
+    aesthetic scores 5.1 and 7.3 alternating (the bins between are empty)."""
+    folder = tmp_path_factory.mktemp("clustered")
+    early = [
+        {"URL": f"https://img.site{i % 20}.com/{i}.jpg", "TEXT": f"a landscape painting of hills number {i}", "AESTHETIC_SCORE": 6.0}
+        for i in range(EARLY_ROWS)
+    ]
+    late, i = [], 0
+    for domain, count in CLUSTER_DOMAINS.items():
+        for _ in range(count):
+            late.append({"URL": f"https://{domain}/{i}.jpg", "TEXT": f"{CLUSTER_WORD} quokkas pokémon by greg rutkowski {i}",
+                         "AESTHETIC_SCORE": 5.1 if i % 2 else 7.3})
+            i += 1
+    db = folder / "clustered.db"
+    summary = ingest_training_files(db, [write_v2(folder / "early.parquet", early), write_v2(folder / "late.parquet", late)])
+    assert not summary.failed, summary.report()
+    return db

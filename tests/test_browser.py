@@ -84,5 +84,31 @@ def test_copy_generation_data_and_artist_report(browser, served_full):
     page.goto(served_full.url + "/-/artist/simon%20stalenhag")
     assert page.locator("h1").inner_text() == "simon stålenhag"
     assert page.locator("section.sb-training-side .sb-bars .sb-bar").count() == 2
-    assert page.locator("section.sb-training-side .sb-histogram div").count() == 3
+    # Scores 6.5, 7.1 and 7.9: every bin of 0.25 from 6.5 to 8.0 keeps its place, the empty ones too.
+    assert page.locator("section.sb-training-side .sb-histogram div").count() == 6
+    assert page.locator("section.sb-training-side .sb-histogram div.sb-empty-bin").count() == 3
     context.close()
+
+
+def test_a_long_other_bar_shows_its_break(browser, tmp_path):
+    """30 images from one domain and 200 from 200 others: "other" is far longer than the top bar,
+    and is drawn broken rather than as long as it."""
+    from tests.conftest import Server
+    from tests.test_search_pages import broken_other_db
+
+    server = Server(broken_other_db(tmp_path))
+    try:
+        page = browser.new_page()
+        page.goto(server.url + "/-/domains?q=tiger&top=1")
+        top, other = page.locator("#domain-chart .sb-bar").all()
+        assert top.locator(".sb-bar-break").count() == 0
+        mark = other.locator(".sb-bar-break")
+        assert mark.is_visible() and mark.inner_text() == "≈"
+        fill = other.locator(".sb-bar-fill")
+        assert "linear-gradient" in fill.evaluate("e => getComputedStyle(e).maskImage || getComputedStyle(e).webkitMaskImage")
+        # As wide as the chart allows, like the top bar, and marked as not to scale.
+        assert fill.bounding_box()["width"] == top.locator(".sb-bar-fill").bounding_box()["width"]
+        assert "not to scale" in mark.get_attribute("title") or "longer than" in mark.get_attribute("title")
+        assert "200" in other.locator(".sb-bar-count").inner_text()
+    finally:
+        server.stop()

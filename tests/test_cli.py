@@ -48,6 +48,9 @@ def test_serve_builds_the_datasette_command(tmp_path):
     args = datasette_args(tmp_path / "x.db")
     assert args[:3] == ["serve", "--immutable", str(tmp_path / "x.db")]
     assert "--metadata" in args
+    from spellbook.site import datasette_1
+
+    assert ("--config" in args) == datasette_1()  # 1.0 reads datasette.yaml; 0.65 gets it merged into its metadata
     # Pages, templates and static files come from the installed package's entry points.
     assert "--plugins-dir" not in args and "--template-dir" not in args and "--static" not in args
 

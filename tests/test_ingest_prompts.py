@@ -85,7 +85,7 @@ def test_lexica_seed_string_becomes_integer(prompts_db):
 
 
 def test_image_metadata_samplers_in_a1111_spelling(prompts_db):
-    rows = dict(query(prompts_db, "SELECT source_id, sampler FROM generations WHERE source = 'image-metadata'"))
+    rows = dict(query(prompts_db, "SELECT image_path, sampler FROM generations WHERE source = 'image-metadata'"))
     assert rows["AUTOMATIC1111_automatic1111_cropped.png"] is not None
 
 

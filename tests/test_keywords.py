@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import time
 from collections import Counter
 
 import pandas as pd
@@ -436,38 +435,6 @@ def test_imagereward_corpus_counts(imagereward_prompts):
         "highly detailed", "artstation", "concept art", "sharp focus", "trending on artstation"]
     # "8k" and "8 k" are both real, popular spellings, kept apart
     assert modifiers["8 k"] > 400 and modifiers["8k"] > 150
-
-
-def _rate(prompts, repeat=3, cold=True):
-    best = float("inf")
-    for _ in range(repeat):
-        if cold:
-            kw.clear_caches()
-        t = time.perf_counter()
-        for p in prompts:
-            prompt_keywords(p)
-        best = min(best, time.perf_counter() - t)
-    return len(prompts) / best
-
-
-def test_speed(diffusiondb_prompts, imagereward_prompts):
-    """Timings are printed, not asserted (shared CI machines)."""
-    vocab = ArtistVocabulary.default()
-    for name, prompts in (("diffusiondb (1,000)", diffusiondb_prompts),
-                          ("imagereward (8,878)", imagereward_prompts)):
-        cold = _rate(prompts)  # every cache cleared before each pass
-        kw.clear_caches()
-        for p in prompts:  # warm the piece cache, then time without the prompt memo
-            kw._extract.__wrapped__(p, vocab)
-        t = time.perf_counter()
-        for p in prompts:
-            kw._extract.__wrapped__(p, vocab)
-        pieces_warm = len(prompts) / (time.perf_counter() - t)
-        t = time.perf_counter()
-        extract_many(prompts)
-        memo = len(prompts) / (time.perf_counter() - t)
-        print(f"\n{name}: cold {cold:,.0f} prompts/s; pieces seen before {pieces_warm:,.0f} "
-              f"prompts/s; prompts seen before {memo:,.0f} prompts/s")
 
 
 def test_a_by_list_does_not_swallow_the_modifiers_after_it():

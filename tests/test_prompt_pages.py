@@ -109,7 +109,10 @@ async def test_artist_report_joins_both_sides(ds):
     assert data["artist"] == "simon stålenhag"
     assert data["training"]["count"] == 3
     assert data["training"]["domains"]["domains"][0] == {"domain": "pinimg.com", "count": 2}
-    assert [b["bin"] for b in data["training"]["aesthetic_histogram"]] == [6.5, 7.0, 7.75]
+    histogram = data["training"]["aesthetic_histogram"]
+    # Every bin of 0.25 from the lowest score to the highest, empty ones kept; all 3 matches counted.
+    assert [(b["bin"], b["count"]) for b in histogram["bins"]] == [(6.5, 1), (6.75, 0), (7.0, 1), (7.25, 0), (7.5, 0), (7.75, 1)]
+    assert histogram["sampled"] is False
     greg = (await get(ds, "/-/artist/greg%20rutkowski.json")).json()
     assert greg["prompts"]["count"] > 100 and greg["prompts"]["days"] and greg["prompts"]["cooccurring"]
     page = (await get(ds, "/-/artist/greg%20rutkowski")).text
@@ -146,3 +149,46 @@ async def test_hostile_prompts_are_escaped(tmp_path, training_db):
     for path in ["/-/prompts?q=zebra", f"/-/prompt/{pid}", "/spellbook/generations?_search=zebra"]:
         page = (await get(ds, path)).text
         assert "<script>alert" not in page and "<b>evil" not in page and "javascript:alert" not in page.replace("&#34;", "")
+
+
+# Every custom route with a path that exercises it on this database: a route without an entry
+# here fails the test below, so a new page cannot go without its smoke test.
+SMOKE = {
+    r"^/-/search(\.(?P<format>json))?$": ["/-/search?q=stalenhag", "/-/search.json?q=cat", "/-/search?domain=pinimg.com"],
+    r"^/-/domains(\.(?P<format>json))?$": ["/-/domains", "/-/domains.json?q=stalenhag", "/-/domains?q=painting&fragment=1"],
+    r"^/-/prompts(\.(?P<format>json))?$": ["/-/prompts", "/-/prompts?q=castle", "/-/prompts.json?q=portrait&page=2&_size=5"],
+    r"^/-/prompt/(?P<id>\d{1,19})(\.(?P<format>json))?$": ["/-/prompt/1", "/-/prompt/1.json"],
+    r"^/-/prompt/(?P<id>\d{1,19})/image$": [],  # 404 unless local images are on: tests/test_identities.py serves one
+    r"^/-/keyword/(?P<keyword>[^/]+?)(\.(?P<format>json))?$": ["/-/keyword/greg%20rutkowski", "/-/keyword/artstation.json"],
+    r"^/-/artist/(?P<name>[^/]+?)(\.(?P<format>json|csv))?$": [
+        "/-/artist/greg%20rutkowski", "/-/artist/Simon%20Stalenhag.json", "/-/artist/greg%20rutkowski.csv?side=prompts", "/-/artist/simon%20stalenhag.csv",
+    ],
+    r"^/-/image/(?P<key>-?\d{1,19})$": [],  # a redirect: tests/test_site.py follows one
+}
+
+
+def registered_routes() -> list[str]:
+    from importlib import import_module
+    from importlib.metadata import entry_points
+
+    patterns = []
+    for entry in entry_points(group="datasette"):
+        module = import_module(entry.value)
+        if entry.value.startswith("spellbook") and hasattr(module, "register_routes"):
+            patterns.extend(pattern for pattern, _ in module.register_routes())
+    return patterns
+
+
+async def test_every_custom_route_answers(ds):
+    assert set(registered_routes()) == set(SMOKE)
+    for paths in SMOKE.values():
+        for path in paths:
+            response = await get(ds, path)
+            if ".json" in path:
+                assert response.json()
+            elif ".csv" in path:
+                assert response.text.startswith("id,")
+            elif "fragment=1" in path:
+                assert 'class="sb-bars"' in response.text
+            else:
+                assert "<html" in response.text and "Spellbook" in response.text

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -28,7 +29,7 @@ I2P_CSV = PROMPTS / "i2p_lowrisk_subset.csv"
 DDB_JSON = FIXTURES / "diffusiondb_part-000001.json"
 LEXICA_JSON = FIXTURES / "lexica_sample.json"
 KREA_CSV = FIXTURES / "krea_sample.csv"
-HF_IMAGES = "https://huggingface.co/datasets/poloclub/diffusiondb/resolve/main/images/"
+HF_ARCHIVES = "https://huggingface.co/datasets/poloclub/diffusiondb/blob/main/"
 
 
 def read_all(source, batch_size=256, skip_rows=0):
@@ -101,10 +102,12 @@ def test_diffusiondb_every_sampler_code_and_image_url(tmp_path):
         "ddim", "plms", "k_euler", "k_euler_ancestral", "k_heun", "k_dpm_2", "k_dpm_2_ancestral", "k_lms", None, None
     ]
     assert [row["sampler_original"] for row in rows] == [str(code) for code in range(1, 10)] + [None]
-    assert rows[0]["image_url"] == HF_IMAGES + "part-000012/img1.png"
+    # No URL serves a single DiffusionDB image: the row names the part archive it lives in.
+    assert all(row["image_url"] is None for row in rows)
+    assert rows[0]["image_archive"] == HF_ARCHIVES + "images/part-000012.zip"
     assert rows[0]["source_id"] == "img1.png"
-    assert rows[8]["image_url"] is None  # part_id NULL
-    assert rows[9]["image_url"] is None  # image_name NULL
+    assert rows[8]["image_archive"] is None  # part_id NULL
+    assert rows[9]["image_archive"] is None  # image_name NULL
     assert rows[0]["steps"] is None and rows[0]["created_at"] is None  # missing columns stay NULL
 
 
@@ -193,7 +196,8 @@ def test_diffusiondb_json_fixture():
     assert first["source_id"] == "fccc1356-3a58-4222-a26d-472058e0b447.png"
     assert first["prompt"] == "woodcut of illustrated letters gilded with animistic contours "
     assert (first["seed"], first["steps"], first["cfg"], first["sampler"]) == (3838963998, 50, 7.0, "k_lms")
-    assert first["image_url"] == HF_IMAGES + "part-000001/fccc1356-3a58-4222-a26d-472058e0b447.png"
+    assert first["image_url"] is None and first["image_archive"] == HF_ARCHIVES + "images/part-000001.zip"
+    assert first["image_path"] is None and source.image_root is None  # the images are not beside it
     assert [row["sampler"] for row in rows[-2:]] == ["k_euler_ancestral", "ddim"]
     assert first["width"] is None and first["created_at"] is None
 
@@ -481,8 +485,11 @@ def test_image_folder_source():
     assert rejected[0].path.endswith("LICENSE_sd-parsers.txt") and rejected[0].row == 8
     assert "not an image" in rejected[0].reason
     first = rows[0]
-    assert first["source_row"] == 1 and first["source_id"] == "AUTOMATIC1111_automatic1111_cropped.jpg"
-    assert first["image_path"] == str((IMAGES / "AUTOMATIC1111_automatic1111_cropped.jpg").resolve())
+    # Identified by content; located relative to the folder, which the Source names as its root.
+    data = (IMAGES / "AUTOMATIC1111_automatic1111_cropped.jpg").read_bytes()
+    assert first["source_row"] == 1 and first["source_id"] == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert first["image_path"] == "AUTOMATIC1111_automatic1111_cropped.jpg"
+    assert source.image_root == str(IMAGES.resolve())
     assert first["image_url"] is None and first["created_at"] is None
     resumed, _, read = read_all(open_prompt_source(IMAGES), skip_rows=5)
     assert read == 4 and resumed[0]["source_row"] == 6
@@ -648,4 +655,5 @@ def test_single_image_file_source():
     source = open_prompt_source(IMAGES / "InvokeAI_invokeai_imeta1.png")
     rows, rejected, _ = read_all(source)
     assert rejected == [] and len(rows) == 1
-    assert rows[0]["source_id"] == "InvokeAI_invokeai_imeta1.png" and rows[0]["seed"] == 3293022630
+    assert rows[0]["image_path"] == "InvokeAI_invokeai_imeta1.png" and rows[0]["seed"] == 3293022630
+    assert rows[0]["source_id"].startswith("sha256:")

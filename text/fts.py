@@ -5,14 +5,23 @@ import re
 
 from spellbook.text.fold import tokens
 
+MAX_TERMS = 24  # words in one query: each is a doclist to walk
+MIN_PREFIX = 3  # "a*" would merge the doclists of every word starting with "a"
+
 _TOKEN = re.compile(r'"([^"]*)"|(\S+)')
 _WORD = re.compile(r"\w+", re.UNICODE)
 _PHRASE = re.compile(r'"([^"]*)"(\*?)')
 
 
+class QueryError(ValueError):
+    """Words that cannot be searched for within bounded work: too many, or too short a prefix."""
+
+
 def fts_query(text: str) -> str | None:
     """A user's words as a safe FTS5 query: words are ANDed, "quoted phrases" stay phrases,
-    a trailing * makes a prefix. FTS5 operators and punctuation in the input are plain text."""
+    a trailing * makes a prefix. FTS5 operators and punctuation in the input are plain text.
+
+    Raises QueryError for more than MAX_TERMS words or a prefix shorter than MIN_PREFIX letters."""
     parts = []
     for phrase, word in _TOKEN.findall(text or ""):
         if phrase:
@@ -24,10 +33,14 @@ def fts_query(text: str) -> str | None:
         words = _WORD.findall(word)
         if not words:
             continue
+        if prefix and len(words[-1]) < MIN_PREFIX:
+            raise QueryError(f"a prefix needs at least {MIN_PREFIX} letters before the *: {word!r}")
         if len(words) > 1:  # "mucha's" or "foo-bar": keep the words together as a phrase
             parts.append('"' + " ".join(words) + '"' + ("*" if prefix else ""))
         else:
             parts.append('"' + words[0] + '"' + ("*" if prefix else ""))
+    if sum(len(_WORD.findall(part)) for part in parts) > MAX_TERMS:
+        raise QueryError(f"at most {MAX_TERMS} words in one search")
     return " ".join(parts) or None
 
 

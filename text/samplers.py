@@ -66,6 +66,18 @@ _ALIASES = {
     "uni_pc": "unipc",
     "uni_pc_bh2": "unipc",
     "k_dpmpp_2": "k_dpmpp_2m",
+    # InvokeAI scheduler names (diffusers' KDPM2, PNDM)
+    "kdpm_2": "k_dpm_2",
+    "kdpm_2_a": "k_dpm_2_ancestral",
+    "pndm": "plms",
+    # NovelAI, Easy Diffusion
+    "ddim_v3": "ddim",
+    "dpmpp_2s_a": "k_dpmpp_2s_ancestral",
+    "unipc_snr": "unipc",
+    "unipc_snr_2": "unipc",
+    "unipc_tq": "unipc",
+    "unipc_tu": "unipc",
+    "unipc_tu_2": "unipc",
 }
 _BY_A1111 = {name.lower(): canonical for canonical, name in A1111_NAMES.items()}
 

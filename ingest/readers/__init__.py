@@ -22,6 +22,7 @@ from spellbook.ingest.records import InputError, Source
 PROMPT_FORMATS = {
     "diffusiondb-parquet": diffusiondb.DiffusionDBParquetSource,
     "diffusiondb-json": diffusiondb.DiffusionDBJsonSource,
+    "diffusiondb-part": diffusiondb.DiffusionDBPartSource,
     "diffusiondb-csv": diffusiondb.DiffusionDBCsvSource,
     "lexica-json": lexica.LexicaJsonSource,
     "krea-csv": krea.KreaCsvSource,
@@ -96,8 +97,12 @@ def detect_format(path) -> str:
     if not path.exists():
         raise InputError(path, "no such file or folder")
     if path.is_dir():
-        return "image-metadata"
+        return "diffusiondb-part" if diffusiondb.is_part(path) else "image-metadata"
     suffix = path.suffix.lower()
+    if suffix == ".zip":
+        if diffusiondb.is_part(path):
+            return "diffusiondb-part"
+        raise _unknown(path, "a zip without a DiffusionDB part-NNNNNN.json is no prompt corpus I know")
     if suffix == ".parquet":
         return _detect_parquet(path)
     if suffix == ".json":

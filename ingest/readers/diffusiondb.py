@@ -6,6 +6,7 @@ metadata-large.parquet has 14M rows; only rejected rows, which are rare, are loo
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
 from typing import Iterator
 
@@ -31,14 +32,26 @@ from spellbook.ingest.readers.parquet import group_batches
 from spellbook.ingest.records import GENERATION_SCHEMA, InputError, ReadBatch, Rejection
 from spellbook.text.samplers import DIFFUSIONDB_CODES, canonical_sampler
 
-IMAGE_URL_PREFIX = "https://huggingface.co/datasets/poloclub/diffusiondb/resolve/main/images/part-"
+# DiffusionDB publishes its images one zip per part of 1,000, beside that part's JSON; no URL serves
+# one image. 2M (PNG): images/part-000001.zip ... part-002000.zip. Large (WebP):
+# diffusiondb-large-part-1/part-000001.zip ... part-001000.zip, diffusiondb-large-part-2/part-001001.zip ...
+REPOSITORY = "https://huggingface.co/datasets/poloclub/diffusiondb"
+LARGE_PARTS_PER_FOLDER = 1000
+_PART_IN_NAME = re.compile(r"part-(\d+)")
 
 
-def image_url(part_id, image_name) -> str | None:
-    """Where DiffusionDB serves an image; None unless both the part and the file name are known."""
+ARCHIVES = f"{REPOSITORY}/blob/main/"  # the page of each zip (the zip itself is ~500 MB)
+
+
+def image_archive(part_id, image_name) -> str | None:
+    """The page of the part archive an image lives in; None unless both the part and the file name
+    are known. Large's images are WebP, 2M's PNG."""
     if part_id is None or not image_name:
         return None
-    return f"{IMAGE_URL_PREFIX}{int(part_id):06d}/{image_name}"
+    part = int(part_id)
+    if str(image_name).lower().endswith(".webp"):
+        return f"{ARCHIVES}diffusiondb-large-part-{(part - 1) // LARGE_PARTS_PER_FOLDER + 1}/part-{part:06d}.zip"
+    return f"{ARCHIVES}images/part-{part:06d}.zip"
 
 
 # --- metadata.parquet / metadata-large.parquet ---------------------------------------------------
@@ -163,9 +176,15 @@ def _sampler_columns(codes: pa.Array) -> tuple[pa.Array, pa.Array]:
     return pc.take(_SAMPLER_LOOKUP, index), pc.cast(codes, pa.string())
 
 
-def _image_urls(part_ids: pa.Array, names: pa.Array) -> pa.Array:
-    padded = pc.utf8_lpad(pc.cast(part_ids, pa.string()), width=6, padding="0")
-    return pc.binary_join_element_wise(IMAGE_URL_PREFIX, padded, "/", names, "")  # NULL if either is NULL
+def _image_archives(part_ids: pa.Array, names: pa.Array) -> pa.Array:
+    """image_archive() for whole columns: NULL where the part or the name is missing."""
+    parts = pc.cast(part_ids, pa.int64())
+    padded = pc.utf8_lpad(pc.cast(parts, pa.string()), width=6, padding="0")
+    large = pc.fill_null(pc.ends_with(pc.utf8_lower(names), ".webp"), False)
+    folder = pc.cast(pc.add(pc.divide(pc.subtract(parts, 1), LARGE_PARTS_PER_FOLDER), 1), pa.string())
+    prefix = pc.if_else(large, pc.binary_join_element_wise(ARCHIVES + "diffusiondb-large-part-", folder, "/part-", ""), pa.scalar(ARCHIVES + "images/part-"))
+    with_name = pc.if_else(pc.is_null(names), pa.scalar(None, pa.string()), prefix)
+    return pc.binary_join_element_wise(with_name, padded, ".zip", "")  # NULL if part or name is NULL
 
 
 def _problems(prompt: pa.Array, seed: pa.Array) -> dict[str, pa.Array]:
@@ -228,17 +247,21 @@ def normalise_parquet_batch(batch: pa.RecordBatch, first_row: int, path: str) ->
             "width": _as_int64(_column(batch, "width", pa.int64())),
             "height": _as_int64(_column(batch, "height", pa.int64())),
             "model": no_text,  # DiffusionDB is Stable Diffusion v1.x, but no row says which checkpoint
-            "image_url": _image_urls(_column(batch, "part_id", pa.uint16()), names),
+            "image_url": no_text,  # no URL serves one image: see image_archive
+            "image_archive": _image_archives(_column(batch, "part_id", pa.uint16()), names),
             "image_path": no_text,
             "user_hash": pc.cast(_column(batch, "user_name", pa.string()), pa.string()),
             "created_at": _iso_created_at(timestamps),
             "image_nsfw": _as_float64(_column(batch, "image_nsfw", pa.float64())),
             "prompt_nsfw": _as_float64(_column(batch, "prompt_nsfw", pa.float64())),
             "is_grid": pa.nulls(n, pa.bool_()),
+            "model_hash": no_text,
+            "generator": no_text,
+            "extra": no_text,
         }
     except pa.ArrowInvalid as problem:  # e.g. a uint64 seed beyond int64: the file is not DiffusionDB's
         raise InputError(path, f"cannot convert values: {problem}", row=first_row) from None
-    rows = pa.RecordBatch.from_arrays(list(columns.values()), schema=GENERATION_SCHEMA)
+    rows = pa.RecordBatch.from_arrays([columns[field.name] for field in GENERATION_SCHEMA], schema=GENERATION_SCHEMA)
     problems = _problems(prompt, raw_seed)
     if not any(pc.any(flags).as_py() for flags in problems.values()):
         return rows, []
@@ -246,25 +269,39 @@ def normalise_parquet_batch(batch: pa.RecordBatch, first_row: int, path: str) ->
     return rows.filter(keep), rejected
 
 
-# --- part-NNNNNN.json ----------------------------------------------------------------------------
+# --- part-NNNNNN.json, and a downloaded part (its folder, or its zip) ------------------------------
 
-_PART_IN_NAME = re.compile(r"part-(\d+)")
+# A part's JSON is a few hundred kB; a zip member bigger than this is not one (nor an image to serve).
+MAX_PART_JSON_BYTES = 64 << 20
+
+
+def _part_id(name: str) -> int | None:
+    match = _PART_IN_NAME.search(name)
+    return int(match.group(1)) if match else None
+
+
+def _part_entries(path, data) -> list:
+    if not isinstance(data, dict):
+        raise InputError(path, 'expected a JSON object {"<image>.png": {"p": ..., "se": ..., ...}}')
+    return list(data.items())
 
 
 class DiffusionDBJsonSource:
-    """{"<image>.png": {"p": prompt, "se": seed, "c": cfg, "st": steps, "sa": sampler}} per part."""
+    """{"<image>.png": {"p": prompt, "se": seed, "c": cfg, "st": steps, "sa": sampler}} per part.
+
+    When the part's images lie beside the JSON (an extracted part), each generation gets its image."""
 
     format = "diffusiondb-json"
 
     def __init__(self, path):
         self.path = str(path)
-        data = load_json(path)
-        if not isinstance(data, dict):
-            raise InputError(path, 'expected a JSON object {"<image>.png": {"p": ..., "se": ..., ...}}')
-        self._items = list(data.items())
+        self._items = _part_entries(path, load_json(path))
         self.num_rows = len(self._items)
-        match = _PART_IN_NAME.search(Path(path).name)
-        self._part_id = int(match.group(1)) if match else None  # the image URL needs it; only the name has it
+        self._part_id = _part_id(Path(path).name)  # the archive needs it; only the name has it
+        folder = Path(path).resolve().parent
+        # image name -> its path under image_root, for the images that are there
+        self._local = {n: n for n, _ in self._items if isinstance(n, str) and "/" not in n and (folder / n).is_file()}
+        self.image_root = str(folder) if self._local else None
 
     def batches(self, batch_size: int, skip_rows: int = 0) -> Iterator[ReadBatch]:
         return batches_from_records(self.path, enumerate(self._items, start=1), self._normalise, batch_size, skip_rows)
@@ -282,8 +319,69 @@ class DiffusionDBJsonSource:
             "cfg": parse_float(record.get("c"), "c"),
             "sampler": canonical_sampler(sampler_original),
             "sampler_original": sampler_original,
-            "image_url": image_url(self._part_id, name),
+            "image_archive": image_archive(self._part_id, name),
+            "image_path": self._local.get(name),
         }
+
+
+class DiffusionDBPartSource(DiffusionDBJsonSource):
+    """A downloaded DiffusionDB part: the extracted folder holding part-NNNNNN.json and its images,
+    or the zip itself (images/part-NNNNNN.zip as published). Each generation gets its local image."""
+
+    format = "diffusiondb-part"
+
+    def __init__(self, path):
+        self.path = str(path)
+        root = Path(path)
+        if root.is_dir():
+            found = sorted(root.glob("part-*.json"))
+            if len(found) != 1:
+                raise InputError(path, f"a DiffusionDB part folder holds one part-NNNNNN.json; found {len(found)}")
+            name, data, members = found[0].name, load_json(found[0]), [p.name for p in root.iterdir() if p.is_file()]
+        else:
+            name, data, members = _zip_part(root)
+        self._items = _part_entries(path, data)
+        self.num_rows = len(self._items)
+        self._part_id = _part_id(name)
+        by_name = {member.rsplit("/", 1)[-1]: member for member in members}  # a zip may hold them in a folder
+        self._local = {n: by_name[n] for n, _ in self._items if isinstance(n, str) and n in by_name}
+        self.image_root = str(root.resolve())
+
+
+def is_part(path: Path) -> bool:
+    """A folder or zip holding a DiffusionDB part-NNNNNN.json."""
+    path = Path(path)
+    if path.is_dir():
+        return any(path.glob("part-*.json"))
+    if path.suffix.lower() == ".zip" and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return any(_PART_IN_NAME.fullmatch(Path(member).stem) and member.endswith(".json") for member in archive.namelist())
+    return False
+
+
+def _zip_part(path: Path) -> tuple[str, object, list[str]]:
+    """(JSON member name, its parsed content, the names of the other members) of a part zip."""
+    import json
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as problem:
+        raise InputError(path, f"not a readable zip file: {problem}") from None
+    with archive:
+        names = [info for info in archive.infolist() if not info.is_dir()]
+        parts = [info for info in names if info.filename.endswith(".json") and _PART_IN_NAME.fullmatch(Path(info.filename).stem)]
+        if len(parts) != 1:
+            raise InputError(path, f"a DiffusionDB part zip holds one part-NNNNNN.json; found {len(parts)}")
+        info = parts[0]
+        if info.file_size > MAX_PART_JSON_BYTES:
+            raise InputError(path, f"{info.filename} would be {info.file_size:,} bytes uncompressed; a part's JSON is far smaller")
+        try:
+            data = json.loads(archive.read(info))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as problem:
+            raise InputError(path, f"{info.filename} is not valid JSON: {problem}") from None
+        except (OSError, zipfile.BadZipFile) as problem:
+            raise InputError(path, f"cannot read {info.filename}: {problem}") from None
+        return info.filename, data, [i.filename for i in names if i is not info]
 
 
 # --- CSV export ----------------------------------------------------------------------------------
@@ -322,7 +420,7 @@ class DiffusionDBCsvSource(CsvSource):
             "sampler_original": sampler_original,
             "width": parse_int(fields.get("width"), "width"),
             "height": parse_int(fields.get("height"), "height"),
-            "image_url": image_url(part_id, name),
+            "image_archive": image_archive(part_id, name),
             "user_hash": optional_text(fields.get("user_name")),
             "created_at": iso_from_text(fields.get("timestamp"), "timestamp"),
             "image_nsfw": float32_value(fields.get("image_nsfw"), "image_nsfw"),

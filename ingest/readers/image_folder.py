@@ -1,7 +1,14 @@
 """A folder of generated images (or one image) as a prompt corpus: one row per image file, its
-settings read from the metadata the generating tool embedded (spellbook.ingest.readers.image_metadata)."""
+settings read from the metadata the generating tool embedded (spellbook.ingest.readers.image_metadata).
+
+An image is identified by its content (sha256): the same file in two folders is one generation, and
+two images with one name (ComfyUI restarts ComfyUI_00001_.png in every folder) are two. Its path is
+kept relative to the folder that was ingested (the Source's image_root), never as an absolute path.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Iterator
 
@@ -20,6 +27,19 @@ def _image_files(root: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
+def content_id(path: Path) -> str:
+    """An image's identity: the sha256 of its bytes (read in blocks: a file may be large)."""
+    with open(path, "rb") as handle:
+        return "sha256:" + hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def with_settings(row: dict) -> dict:
+    """The reader's settings as columns: `extra` (a dict of everything else the tool recorded) as JSON."""
+    extra = row.get("extra")
+    row["extra"] = json.dumps(extra, ensure_ascii=False, sort_keys=True, default=str) if extra else None
+    return row
+
+
 class ImageMetadataSource:
     """A folder of images (searched recursively) or one image file; one row per file."""
 
@@ -31,6 +51,7 @@ class ImageMetadataSource:
         if not root.exists():
             raise InputError(path, "no such file or folder")
         self._root = root if root.is_dir() else root.parent
+        self.image_root = str(self._root.resolve())
         self._files = _image_files(root) if root.is_dir() else [root]
         self.num_rows = len(self._files)
 
@@ -43,7 +64,6 @@ class ImageMetadataSource:
             row = read_image_metadata(file)
         except RowRejected as problem:
             raise RowRejected(problem.column, problem.reason, path=str(file)) from None
-        # the path below the folder, so that a/1.png and b/1.png stay apart; the file name at top level
-        row["source_id"] = file.relative_to(self._root).as_posix()
-        row["image_path"] = str(file.resolve())
-        return row
+        row["source_id"] = content_id(file)
+        row["image_path"] = file.relative_to(self._root).as_posix()
+        return with_settings(row)

@@ -1,22 +1,31 @@
 """Generated images that carry their own generation settings, one row per image file.
 
-Understood: AUTOMATIC1111 (`parameters` PNG text, JPEG/WebP EXIF UserComment, and the "stealth"
-copy hidden in the low bits of the alpha or RGB channels), ComfyUI (`prompt` API graph), InvokeAI
-(`invokeai_metadata`, legacy `sd-metadata` and `Dream`), Fooocus (`parameters` JSON, or A1111-style
-text), NovelAI (`Description` + `Comment` JSON).
+Understood (docs/image_metadata.md says which field comes from where, per tool):
+- AUTOMATIC1111 and its forks (Forge, reForge, SD.Next), Fooocus' A1111 scheme, Civitai and the
+  ComfyUI saver nodes: A1111 infotext in the PNG `parameters` chunk, the JPEG/WebP EXIF
+  UserComment (or another EXIF text tag), or hidden "stealth" in the low bits of alpha or RGB;
+- ComfyUI: the API `prompt` graph (PNG text before or after the image data, the `comf` chunks of
+  animated PNGs, `prompt:`-prefixed EXIF tags of its WebP saver, `{"prompt": ..., "workflow": ...}`
+  JSON in the UserComment of the JPEG/WebP saver nodes), else the editor's `workflow`;
+- SwarmUI (`sui_image_params`), Fooocus and RuinedFooocus JSON, InvokeAI (`invokeai_metadata`,
+  2.x `sd-metadata`, 1.x `Dream`), NovelAI (V1-V4.5 `Comment` JSON, in PNG text, WebP EXIF or
+  alpha stealth), Civitai (`extraMetadata` beside its graph), TensorArt (`generation_data`), Easy
+  Diffusion (one PNG chunk per setting, or JSON in UserComment), Draw Things (XMP), Stability
+  Matrix (`parameters-json`) and the Gradio Spaces of Hugging Face (JSON `parameters`).
 
 Width and height come from the metadata only, never from the pixels: an upscaled or cropped file
-says nothing about the size the model generated at.
+says nothing about the size the model generated at. The container is read without Pillow
+(spellbook.ingest.readers.image_containers, every read bounded); Pillow only decodes pixels for
+the stealth check and opens formats other than PNG, JPEG and WebP.
 """
 from __future__ import annotations
 
-import gzip
 import json
+import math
 import re
 import zlib
-from collections import deque
 
-from PIL import ExifTags, Image, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from spellbook.ingest.readers.common import (
     INT64_MAX,
@@ -26,487 +35,517 @@ from spellbook.ingest.readers.common import (
     parse_float,
     parse_int,
 )
+from spellbook.ingest.readers.image_a1111 import from_a1111, parse_a1111_parameters, settings_pairs
+from spellbook.ingest.readers.image_comfyui import from_graph, looks_like_api_graph, workflow_to_graph
+from spellbook.ingest.readers.image_containers import (
+    Container,
+    NotAnImage,
+    TooLarge,
+    decode_user_comment,
+    inflate,
+    read_container,
+    read_exif,
+    read_xmp,
+    sniff,
+)
+from spellbook.ingest.readers.image_tools import (
+    from_civitai_extra,
+    from_draw_things,
+    from_draw_things_description,
+    from_dream,
+    from_easy_diffusion,
+    from_fooocus,
+    from_hf_space,
+    from_invokeai,
+    from_novelai,
+    from_ruined_fooocus,
+    from_sd_metadata,
+    from_stability_matrix,
+    from_swarmui,
+    from_tensorart,
+    is_easy_diffusion,
+    is_hf_space,
+    parse_json,
+    parse_json_object,
+)
 from spellbook.text.samplers import A1111_NAMES, canonical_sampler
 
-# --- A1111 infotext ------------------------------------------------------------------------------
+__all__ = ["read_image_metadata", "parse_a1111_parameters", "decode_user_comment"]
 
-# One "Key: value" pair of the settings line, matched where the previous one ended; a value may be
-# "quoted, with commas" (a JSON string).
-_A1111_PAIR = re.compile(r'\s*(\w[\w \-/+.()]*?):\s*("(?:\\.|[^\\"])*"|[^,]*)\s*(?:,|$)')
-_NEGATIVE = "Negative prompt:"
-
-
-def _settings(line: str) -> dict[str, str]:
-    """Key/value pairs, matched pair by pair (a segment without "Key:" is skipped up to its comma).
-    Walking forward like this keeps a megabyte-long prompt line linear: re.findall would retry at
-    every character and take quadratic time."""
-    settings, position = {}, 0
-    while position < len(line):
-        match = _A1111_PAIR.match(line, position)
-        if match is None:
-            comma = line.find(",", position)
-            if comma < 0:
-                break
-            position = comma + 1
-            continue
-        key, value = match.groups()
-        if len(value) >= 2 and value.startswith('"') and value.endswith('"'):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                value = value[1:-1]
-        settings[key.strip()] = str(value).strip()
-        position = match.end()
-    return settings
+MAX_EXTRA_VALUE = 10_000  # characters of JSON per extra value; longer values are dropped
+MAX_EXTRA_TOTAL = 100_000
+STEALTH_MAX_PIXELS = 50_000_000
+STEALTH_MAX_TEXT = 2 * 2**20
+_FIELDS = ("prompt", "negative_prompt", "seed", "steps", "cfg", "sampler", "scheduler", "width", "height", "model", "model_hash")
 
 
-def parse_a1111_parameters(text: str) -> dict:
-    """Split AUTOMATIC1111 infotext into {"prompt", "negative_prompt", "settings"}.
+# --- one file ------------------------------------------------------------------------------------
 
-        PROMPT (may span lines)
-        Negative prompt: NEG (may span lines)
-        Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 123, Size: 512x512, Model: name, ...
 
-    settings maps each key to its value as text ("Steps" -> "20"), quotes removed. The last line is
-    the settings line only if it holds at least three "Key: value" pairs (A1111's own rule), so a
-    prompt that happens to contain a colon is not mistaken for settings. negative_prompt is None
-    when there is none.
+def read_image_metadata(path) -> dict:
+    """The generation settings stored in one image file: prompt, negative_prompt, seed, steps, cfg,
+    sampler (canonical), sampler_original, width, height, model, model_hash, generator (the tool
+    that wrote the file, or None) and extra (every other setting it recorded, by the tool's names).
+
+    Raises RowRejected (with the column = the metadata chunk) when the file is no image, carries no
+    recognised metadata, or holds values that fail the usual checks.
     """
-    lines = text.split("\n")
-    while len(lines) > 1 and not lines[-1].strip():  # trailing newlines after the settings line
-        lines.pop()
-    settings = _settings(lines[-1])
-    if len(settings) >= 3:
-        lines = lines[:-1]
-    else:
-        settings = {}
-    prompt_lines, negative_lines = lines, None
-    for index, line in enumerate(lines):
-        if line.startswith(_NEGATIVE):
-            prompt_lines = lines[:index]
-            negative_lines = [line[len(_NEGATIVE) :].removeprefix(" ")] + lines[index + 1 :]
-            break
-    negative = "\n".join(negative_lines) if negative_lines is not None else None
-    return {"prompt": "\n".join(prompt_lines), "negative_prompt": negative or None, "settings": settings}
+    container = _container(path)
+    raw, column = _generation(container, path)
+    return _finish(raw, column)
 
 
-def _size(value, column: str) -> tuple[str | None, str | None]:
-    """"512x768" -> ("512", "768"); garbage is rejected like any other unreadable setting."""
-    if not value:
-        return None, None
-    match = re.fullmatch(r"\s*(\d+)\s*[x×]\s*(\d+)\s*", str(value))
-    if not match:
-        raise RowRejected(column, f"Size is not WIDTHxHEIGHT: {value!r}")
-    return match.group(1), match.group(2)
+def _container(path) -> Container:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+            kind = sniff(head)
+            if kind is not None:
+                handle.seek(0)
+                try:
+                    return read_container(handle, kind)
+                except NotAnImage as problem:
+                    raise RowRejected(None, f"not a readable image: {problem}") from None
+    except OSError as problem:
+        raise RowRejected(None, f"cannot read file: {problem}") from None
+    return _pillow_container(path)
 
 
-def _from_a1111(text: str, column: str) -> dict:
-    parsed = parse_a1111_parameters(text)
-    settings = parsed["settings"]
-    width, height = _size(settings.get("Size"), column)
-    return {
-        "prompt": parsed["prompt"],
-        "negative_prompt": parsed["negative_prompt"],
-        "seed": settings.get("Seed"),
-        "steps": settings.get("Steps"),
-        "cfg": settings.get("CFG scale"),
-        "sampler": settings.get("Sampler"),
-        "scheduler": settings.get("Schedule type"),  # A1111 >= 1.9 splits "DPM++ 2M Karras" in two
-        "width": width,
-        "height": height,
-        "model": settings.get("Model"),
-    }
+def _pillow_container(path) -> Container:
+    """Formats we do not walk ourselves (TIFF, GIF, AVIF...): Pillow's text info, EXIF and XMP."""
+    try:
+        with Image.open(path) as image:
+            container = Container(image.format or "image")
+            info = dict(image.info)
+            try:
+                exif = image.getexif()
+                exif.get_ifd(0x8769)
+                exif_bytes = info.get("exif") if isinstance(info.get("exif"), bytes) else (exif.tobytes() if len(exif) else None)
+            except Exception:  # Pillow raises many kinds on damaged EXIF; a damaged EXIF just has no comment
+                exif_bytes = None
+    except UnidentifiedImageError:
+        raise RowRejected(None, "not an image Pillow can read") from None
+    except Image.DecompressionBombError as problem:
+        raise RowRejected(None, f"image too large to open safely: {problem}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as problem:
+        raise RowRejected(None, f"cannot read image: {problem}") from None
+    for key, value in info.items():
+        if isinstance(value, str) and key not in ("exif", "xmp"):
+            container.add(key, value, f"{container.format} text")
+        elif key == "comment" and isinstance(value, bytes):
+            container.add("comment", value.decode("utf-8", "replace").rstrip("\0"), f"{container.format} comment")
+    if exif_bytes:
+        read_exif(exif_bytes, container, "EXIF")
+    xmp = info.get("xmp") or info.get("XML:com.adobe.xmp")
+    if isinstance(xmp, bytes):
+        xmp = xmp.decode("utf-8", "replace")
+    if isinstance(xmp, str):
+        read_xmp(xmp, container, "XMP")
+    return container
 
 
-# --- ComfyUI -------------------------------------------------------------------------------------
-
-_SAMPLER_NODES = ("KSampler", "KSamplerAdvanced")
+# --- which format ---------------------------------------------------------------------------------
 
 
-def _is_link(value) -> bool:
-    """API-format inputs link to another node's output as [node_id, output_index]."""
-    return (
-        isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int))
-        and not isinstance(value[0], bool) and isinstance(value[1], int)
+def _generation(container: Container, path) -> tuple[dict, str]:
+    """(raw generation fields, the metadata chunk they came from), or a rejection."""
+    get = container.get
+    software = get("Software") or ""
+
+    # NovelAI: Description + Software + Source + Comment JSON in PNG text
+    comment = get("Comment")
+    if comment is not None and (software.startswith("NovelAI") or get("Description") is not None) and comment.lstrip().startswith("{"):
+        return from_novelai(_text_dict(container)), "Comment"
+
+    if get("invokeai_metadata") is not None:
+        return from_invokeai(parse_json_object(get("invokeai_metadata"), "invokeai_metadata")), "invokeai_metadata"
+    if get("sd-metadata") is not None:
+        return from_sd_metadata(parse_json_object(get("sd-metadata"), "sd-metadata")), "sd-metadata"
+    if get("Dream") is not None:
+        return from_dream(get("Dream")), "Dream"
+
+    if get("generation_data") is not None:
+        return _tensorart(container), "generation_data"
+    if get("parameters-json") is not None:
+        return from_stability_matrix(parse_json_object(get("parameters-json"), "parameters-json")), "parameters-json"
+
+    png_text = {entry.key: entry.text for entry in container.entries if entry.source.startswith("PNG")}
+    if is_easy_diffusion(png_text):
+        return from_easy_diffusion(png_text), "Easy Diffusion text chunks"
+
+    parameters = container.entry("parameters")
+    if parameters is not None:
+        column = "parameters"
+        if parameters.text.lstrip().startswith("{"):
+            return _json_document(parse_json_object(parameters.text, column), column, container), column
+        fields = from_a1111(parameters.text, column)
+        return _refine_a1111(fields, container), column
+
+    prompt = container.entry("prompt")
+    if prompt is not None:
+        column = "prompt"
+        data = parse_json(prompt.text, column)
+        if isinstance(data, dict) and not looks_like_api_graph(data):
+            return _json_document(data, column, container), column
+        if not isinstance(data, dict):
+            raise RowRejected(column, "ComfyUI prompt is not a JSON object of nodes")
+        return _comfy(data, column, container), column
+
+    user_comment = get("UserComment")
+    if user_comment is not None and user_comment.strip():
+        column = "UserComment"
+        if user_comment.lstrip().startswith("{"):
+            return _json_document(parse_json_object(user_comment, column), column, container), column
+        parsed = parse_a1111_parameters(user_comment[:1_000_000])
+        if parsed["settings"] or parsed["negative_prompt"] is not None:
+            return _refine_a1111(from_a1111(user_comment, column), container), column
+        # a camera's or an editor's comment, not infotext: look further
+        container.problems.append("the EXIF UserComment is plain text, not generation settings")
+
+    xmp_comment = get("xmp_UserComment")
+    if (get("CreatorTool") or "").startswith("Draw Things"):
+        if xmp_comment and xmp_comment.lstrip().startswith("{"):
+            return from_draw_things(parse_json_object(xmp_comment, "XMP")), "XMP"
+        if get("xmp_description"):
+            return from_draw_things_description(get("xmp_description")), "XMP"
+    if xmp_comment and xmp_comment.lstrip().startswith("{"):
+        return _json_document(parse_json_object(xmp_comment, "XMP"), "XMP", container), "XMP"
+
+    workflow = get("workflow")
+    if workflow is not None and workflow.strip():
+        return _from_workflow(workflow, "workflow"), "workflow"
+
+    for key in ("ImageDescription", "XPComment", "jpeg_comment", "comment", "xmp_description", "xmp_ImageDescription",
+                "xmp_UserComment", "Description", "Model", "Make"):
+        text = get(key)
+        if text and _looks_like_infotext(text):
+            if text.lstrip().startswith("{"):
+                return _json_document(parse_json_object(text, key), key, container), key
+            return _refine_a1111(from_a1111(text, key), container), key
+
+    stealth = _stealth_text(path, container)
+    if stealth is not None:
+        return _from_stealth(stealth, container), "stealth"
+
+    found = ", ".join(list(dict.fromkeys(f"{entry.source} {entry.key!r}" for entry in container.entries))[:12]) or "none"
+    problems = f"; {'; '.join(container.problems[:3])}" if container.problems else ""
+    raise RowRejected(
+        None,
+        "no generation metadata found (looked for A1111 parameters, ComfyUI prompt/workflow, SwarmUI, "
+        "Fooocus, InvokeAI, NovelAI, Civitai, TensorArt, Easy Diffusion and Draw Things metadata in "
+        f"PNG text, EXIF and XMP, and for stealth info; found: {found}){problems}",
     )
 
 
-class _ComfyGraph:
-    def __init__(self, graph: dict):
-        self.nodes = {str(key): node for key, node in graph.items() if isinstance(node, dict)}
+def _looks_like_infotext(text: str) -> bool:
+    text = text.strip()
+    if text.startswith("{"):
+        return any(marker in text for marker in ('"sui_image_params"', '"prompt"', '"class_type"', '"Comment"', '"c"'))
+    last = text.rsplit("\n", 1)[-1]
+    return len(settings_pairs(last[:100_000])) >= 3 and ("Steps" in last or "Seed" in last or "Sampler" in last)
 
-    def inputs(self, node_id: str) -> dict:
-        inputs = self.nodes[node_id].get("inputs")
-        return inputs if isinstance(inputs, dict) else {}
 
-    def kind(self, node_id: str) -> str:
-        return str(self.nodes[node_id].get("class_type", ""))
+def _text_dict(container: Container) -> dict:
+    out: dict = {}
+    for entry in container.entries:
+        out.setdefault(entry.key, entry.text)
+    return out
 
-    def target(self, node_id: str, name: str, link) -> str:
-        target = str(link[0])
-        if target not in self.nodes:
-            raise RowRejected(
-                "prompt", f"ComfyUI node {node_id} input {name!r} links to node {target}, which is not in the graph"
-            )
-        return target
 
-    def upstream(self, node_id: str, name: str):
-        """Node ids reachable backwards from one input, nearest first (breadth-first, no repeats)."""
-        value = self.inputs(node_id).get(name)
-        if not _is_link(value):
-            return
-        queue, seen = deque([self.target(node_id, name, value)]), set()
-        while queue:
-            current = queue.popleft()
-            if current in seen:
-                continue
-            seen.add(current)
-            yield current
-            for key, linked in self.inputs(current).items():
-                if _is_link(linked):
-                    queue.append(self.target(current, key, linked))
+def _merge(primary: dict, secondary: dict) -> dict:
+    """primary's fields, with secondary's where primary has none; extras merged, primary winning."""
+    merged = dict(primary)
+    for key in _FIELDS + ("generator",):
+        if merged.get(key) is None and secondary.get(key) is not None:
+            merged[key] = secondary[key]
+    merged["extra"] = {**(secondary.get("extra") or {}), **(primary.get("extra") or {})}
+    return merged
 
-    def value(self, node_id: str, name: str):
-        """An input's value, following a link to a primitive/text node when the value is one."""
-        value = self.inputs(node_id).get(name)
-        if not _is_link(value):
-            return value
-        source = self.inputs(self.target(node_id, name, value))
-        for key in (name, "value", "text", "string", "seed", "int", "float"):
-            if key in source and not _is_link(source[key]):
-                return source[key]
+
+def _refine_a1111(fields: dict, container: Container) -> dict:
+    """What the rest of the file says about A1111 infotext: a ComfyUI graph beside it (saver nodes:
+    the graph is read, the text fills its gaps), Fooocus' scheme and raw prompts, the EXIF Software."""
+    get = container.get
+    extra = fields.get("extra") or {}
+    software = get("Software") or ""
+    scheme = (get("fooocus_scheme") or get("MakerNote") or "").strip().lower()
+    if fields.get("generator") == "Fooocus" or software.startswith("Fooocus") or scheme == "a1111":
+        if isinstance(extra.get("Raw prompt"), str):
+            fields["prompt"] = extra.pop("Raw prompt")
+        if isinstance(extra.get("Raw negative prompt"), str):
+            fields["negative_prompt"] = extra.pop("Raw negative prompt")
+        if software.startswith("Fooocus") or scheme == "a1111":
+            fields["generator"] = "Fooocus"
+    graph_text = get("prompt")
+    if graph_text and graph_text.lstrip().startswith("{"):
+        try:
+            data = json.loads(graph_text)
+            if looks_like_api_graph(data):
+                graph = from_graph(data, "prompt", _workflow(container))
+                if graph.get("prompt") is not None:
+                    return _merge(graph, fields)
+                fields["generator"] = "ComfyUI"
+        except (RowRejected, ValueError, RecursionError):
+            pass  # the infotext stands on its own
+    return fields
+
+
+def _workflow(container: Container):
+    """The editor's workflow beside a graph, parsed, or None (it only backs up run-time text)."""
+    text = container.get("workflow")
+    if not text or not text.lstrip().startswith("{"):
         return None
-
-    def texts(self, node_id: str, name: str) -> str | None:
-        """The prompt text behind a conditioning input: every text-encode node feeding it (area
-        prompts, combines...), depth-first in input order, one per line."""
-        value = self.inputs(node_id).get(name)
-        if not _is_link(value):
-            return None
-        found, seen = [], set()
-
-        def visit(current: str):
-            if current in seen:
-                return
-            seen.add(current)
-            if "TextEncode" in self.kind(current):
-                text = self.value(current, "text")
-                if text is None:
-                    text = self.value(current, "text_g")  # SDXL encoder
-                if isinstance(text, str):
-                    found.append(text)
-                return
-            for key, linked in self.inputs(current).items():
-                if _is_link(linked) and key not in ("clip", "model", "vae"):
-                    visit(self.target(current, key, linked))
-
-        visit(self.target(node_id, name, value))
-        if len(found) == 1:
-            return found[0]  # exactly as written
-        return "\n".join(text.rstrip("\n") for text in found) or None
-
-    def first_pass_sampler(self) -> str | None:
-        """The sampler that starts from noise: hires-fix/refiner passes have another sampler upstream."""
-        samplers = sorted((n for n in self.nodes if self.kind(n) in _SAMPLER_NODES), key=_node_order)
-        for node_id in samplers:
-            if not any(self.kind(up) in _SAMPLER_NODES for up in self.upstream(node_id, "latent_image")):
-                return node_id
-        return samplers[0] if samplers else None
-
-
-def _node_order(node_id: str):
-    return (0, int(node_id), "") if node_id.isdigit() else (1, 0, node_id)
-
-
-def _from_comfyui(text: str) -> dict:
-    graph = _json(text, "prompt")
-    if not isinstance(graph, dict):
-        raise RowRejected("prompt", "ComfyUI prompt is not a JSON object of nodes")
-    comfy = _ComfyGraph(graph)
-    sampler = comfy.first_pass_sampler()
-    if sampler is None:
-        raise RowRejected("prompt", "ComfyUI prompt has no KSampler node")
-    seed = comfy.value(sampler, "seed")
-    if seed is None:
-        seed = comfy.value(sampler, "noise_seed")  # KSamplerAdvanced
-    width = height = None
-    for node_id in comfy.upstream(sampler, "latent_image"):
-        if "EmptyLatent" in comfy.kind(node_id) or "EmptySD3Latent" in comfy.kind(node_id):
-            width, height = comfy.value(node_id, "width"), comfy.value(node_id, "height")
-            break
-    return {
-        "prompt": comfy.texts(sampler, "positive"),
-        "negative_prompt": comfy.texts(sampler, "negative"),
-        "seed": seed,
-        "steps": comfy.value(sampler, "steps"),
-        "cfg": comfy.value(sampler, "cfg"),
-        "sampler": comfy.value(sampler, "sampler_name"),
-        "scheduler": comfy.value(sampler, "scheduler"),
-        "width": width,
-        "height": height,
-        "model": _comfy_model(comfy, sampler),
-    }
-
-
-def _comfy_model(comfy: _ComfyGraph, sampler: str) -> str | None:
-    """The checkpoint feeding the sampler's model input (through LoRA loaders and the like)."""
-    for node_id in comfy.upstream(sampler, "model"):
-        for key in ("ckpt_name", "unet_name"):
-            name = comfy.value(node_id, key)
-            if isinstance(name, str):
-                return name
-    return None
-
-
-# --- InvokeAI ------------------------------------------------------------------------------------
-
-
-def _from_invokeai(text: str) -> dict:
-    """InvokeAI 3+: flat JSON with positive_prompt, negative_prompt, seed, steps, cfg_scale..."""
-    data = _json_object(text, "invokeai_metadata")
-    model = data.get("model")
-    if isinstance(model, dict):
-        model = model.get("model_name") or model.get("name")
-    return {
-        "prompt": data.get("positive_prompt"),
-        "negative_prompt": data.get("negative_prompt"),
-        "seed": data.get("seed"),
-        "steps": data.get("steps"),
-        "cfg": data.get("cfg_scale"),
-        "sampler": data.get("scheduler"),
-        "width": data.get("width"),
-        "height": data.get("height"),
-        "model": model,
-    }
-
-
-def _split_invoke_prompt(text: str) -> tuple[str, str | None]:
-    """Legacy InvokeAI wrote negative prompts inline: "a cat [blurry, text]"."""
-    negatives = [part.strip(" ,") for part in re.findall(r"\[([^\[\]]*)\]", text)]
-    positive = re.sub(r"\s*\[[^\[\]]*\]", "", text).strip(" ,")
-    return positive, ", ".join(n for n in negatives if n) or None
-
-
-def _from_sd_metadata(text: str) -> dict:
-    """InvokeAI 2.x `sd-metadata`: {"model_weights", "image": {"prompt": [{"prompt": ...}], ...}}."""
-    data = _json_object(text, "sd-metadata")
-    image = data.get("image") if isinstance(data.get("image"), dict) else {}
-    prompt = image.get("prompt")
-    if isinstance(prompt, list):  # weighted sub-prompts
-        prompt = " ".join(str(p.get("prompt", "")) for p in prompt if isinstance(p, dict))
-    positive, negative = _split_invoke_prompt(prompt) if isinstance(prompt, str) else (None, None)
-    return {
-        "prompt": positive,
-        "negative_prompt": negative,
-        "seed": image.get("seed"),
-        "steps": image.get("steps"),
-        "cfg": image.get("cfg_scale"),
-        "sampler": image.get("sampler"),
-        "width": image.get("width"),
-        "height": image.get("height"),
-        "model": data.get("model_weights"),
-    }
-
-
-_DREAM_OPTION = re.compile(r"\s+-(\w+)\s+(\S+)")
-_DREAM_KEYS = {"s": "steps", "S": "seed", "C": "cfg", "A": "sampler", "W": "width", "H": "height"}
-
-
-def _from_dream(text: str) -> dict:
-    """InvokeAI 1.x `Dream`: "a prompt [negative]" -s 50 -S 42 -W 512 -H 768 -C 7.5 -A k_lms"""
-    match = re.match(r'^"(.*?)"((?:\s+-\w+\s+\S+)*)\s*$', text.strip(), re.DOTALL)
-    if not match:
-        raise RowRejected("Dream", "InvokeAI Dream text is not '\"prompt\" -option value ...'")
-    positive, negative = _split_invoke_prompt(match.group(1))
-    options = {_DREAM_KEYS[key]: value for key, value in _DREAM_OPTION.findall(match.group(2)) if key in _DREAM_KEYS}
-    return {"prompt": positive, "negative_prompt": negative, **options}
-
-
-# --- Fooocus and NovelAI -------------------------------------------------------------------------
-
-
-def _from_fooocus(data: dict) -> dict:
-    """Fooocus' own scheme: JSON in `parameters`; `prompt` is what the user typed (full_prompt adds
-    the style and expansion text), resolution is "(width, height)"."""
-    match = re.fullmatch(r"\s*\(?\s*(\d+)\s*,\s*(\d+)\s*\)?\s*", str(data.get("resolution") or ""))
-    width, height = match.groups() if match else (None, None)
-    return {
-        "prompt": data.get("prompt"),
-        "negative_prompt": data.get("negative_prompt"),
-        "seed": data.get("seed"),
-        "steps": data.get("steps"),
-        "cfg": data.get("guidance_scale"),
-        "sampler": data.get("sampler"),
-        "scheduler": data.get("scheduler"),
-        "width": width,
-        "height": height,
-        "model": data.get("base_model"),
-    }
-
-
-def _from_novelai(info: dict) -> dict:
-    comment = _json_object(info.get("Comment"), "Comment")
-    return {
-        "prompt": info.get("Description") or comment.get("prompt"),
-        "negative_prompt": comment.get("uc"),
-        "seed": comment.get("seed"),
-        "steps": comment.get("steps"),
-        "cfg": comment.get("scale"),
-        "sampler": comment.get("sampler"),
-        "width": comment.get("width"),
-        "height": comment.get("height"),
-        "model": info.get("Source"),  # "Stable Diffusion 1D44365E": NovelAI's model and its hash
-    }
-
-
-def _json(text, column: str):
     try:
         return json.loads(text)
-    except (json.JSONDecodeError, TypeError, RecursionError) as problem:
-        raise RowRejected(column, f"{column} metadata is not valid JSON: {getattr(problem, 'msg', problem)}") from None
-
-
-def _json_object(text, column: str) -> dict:
-    data = _json(text, column)
-    if not isinstance(data, dict):
-        raise RowRejected(column, f"{column} metadata is not a JSON object")
-    return data
-
-
-# --- EXIF and stealth ----------------------------------------------------------------------------
-
-
-def decode_user_comment(raw) -> str | None:
-    """EXIF UserComment: an 8-byte charset prefix, then the text (A1111 writes UNICODE = UTF-16)."""
-    if isinstance(raw, str):
-        return raw.rstrip("\0") or None
-    if not isinstance(raw, bytes) or not raw:
+    except (ValueError, RecursionError):
         return None
-    prefix, body = raw[:8], raw[8:]
-    if prefix == b"UNICODE\0":
-        if body[:2] in (b"\xfe\xff", b"\xff\xfe"):
-            text = body.decode("utf-16", "replace")
-        else:  # no BOM: big-endian if the first character's high byte comes first (ASCII text)
-            big = len(body) >= 2 and body[0] == 0 and body[1] != 0
-            text = body.decode("utf-16-be" if big else "utf-16-le", "replace")
-    elif prefix in (b"ASCII\0\0\0", b"\0" * 8):
-        text = body.decode("utf-8", "replace")  # tools write UTF-8 under the ASCII label
-    else:
-        text = raw.decode("utf-8", "replace")
-    return text.rstrip("\0") or None
 
 
-def _exif_comment(image: Image.Image) -> str | None:
+def _comfy(data: dict, column: str, container: Container, workflow=None) -> dict:
+    """An API graph, with Civitai's extraMetadata filling what the graph lacks."""
+    extra_metadata = data.get("extraMetadata")
+    if extra_metadata is None:
+        extra_metadata = container.get("extraMetadata")
+    civitai = None
+    if isinstance(extra_metadata, str):
+        try:
+            extra_metadata = json.loads(extra_metadata)
+        except (ValueError, RecursionError):
+            extra_metadata = None
+    if isinstance(extra_metadata, dict):
+        civitai = from_civitai_extra(extra_metadata)
     try:
-        exif = image.getexif()
-        raw = exif.get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.UserComment) or exif.get(ExifTags.Base.UserComment)
-    except Exception:  # Pillow raises many kinds on damaged EXIF; a damaged EXIF just has no comment
-        return None
-    return decode_user_comment(raw)
+        fields = from_graph(data, column, workflow if workflow is not None else _workflow(container))
+    except RowRejected:
+        if civitai is None:
+            raise
+        return civitai  # an upscale-only graph: the settings are all in extraMetadata
+    if civitai is not None:
+        fields = _merge(fields, civitai)
+        fields["generator"] = "Civitai"
+    return fields
 
+
+def _from_workflow(text: str, column: str) -> dict:
+    data = parse_json(text, column)
+    if looks_like_api_graph(data):
+        return from_graph(data, column)
+    if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
+        raise RowRejected(column, "ComfyUI workflow is not a JSON object with nodes")
+    graph = workflow_to_graph(data)
+    fields = from_graph(graph, column)
+    fields["extra"]["read_from"] = "workflow"
+    return fields
+
+
+def _tensorart(container: Container) -> dict:
+    overrides, fills = from_tensorart(parse_json_object(container.get("generation_data"), "generation_data"))
+    fields: dict = {"extra": {}}
+    graph_text = container.get("prompt")
+    if graph_text:
+        try:
+            data = json.loads(graph_text)
+            if looks_like_api_graph(data):
+                fields = from_graph(data, "prompt", _workflow(container))
+        except (RowRejected, ValueError, RecursionError):
+            pass
+    fields.update(overrides)
+    fields = _merge(fields, fills)
+    fields["generator"] = "TensorArt"
+    return fields
+
+
+def _json_document(data: dict, column: str, container: Container) -> dict:
+    """A JSON object found in parameters, UserComment or XMP: which tool's is it?"""
+    software = str(data.get("software") or data.get("Software") or "")
+    if isinstance(data.get("sui_image_params"), dict):
+        return from_swarmui(data)
+    if software.startswith("RuinedFooocus") or ("Prompt" in data and "base_model_name" in data):
+        return from_ruined_fooocus(data)
+    if "Comment" in data and (software.startswith("NovelAI") or "Description" in data or "Source" in data):
+        return from_novelai(data, column)
+    if "uc" in data and "scale" in data and ("v4_prompt" in data or "noise_schedule" in data or "sampler" in data) and "c" not in data:
+        return from_novelai({"Comment": data}, column)
+    if is_easy_diffusion(data):
+        return from_easy_diffusion(data)
+    wrapped = data.get("prompt")
+    if isinstance(wrapped, str) and wrapped.lstrip().startswith("{") and ("workflow" in data or "class_type" in wrapped):
+        try:
+            wrapped = json.loads(wrapped)
+        except (ValueError, RecursionError):
+            wrapped = None
+    if looks_like_api_graph(wrapped):  # {"prompt": {...}, "workflow": {...}}: ComfyUI's JPEG/WebP savers
+        workflow = data.get("workflow")
+        return _comfy(wrapped, column, container, workflow if isinstance(workflow, dict) else None)
+    if looks_like_api_graph(data):  # the graph itself (Civitai adds extra / extraMetadata keys to it)
+        return _comfy(data, column, container)
+    if isinstance(data.get("extraMetadata"), (str, dict)):
+        return _civitai_only(data)
+    if "base_model" in data or "full_prompt" in data or str(data.get("version", "")).startswith("Fooocus"):
+        return from_fooocus(data)
+    if is_hf_space(data):
+        return from_hf_space(data)
+    if "c" in data and ("uc" in data or "scale" in data):
+        return from_draw_things(data)
+    if "PositivePrompt" in data:
+        return from_stability_matrix(data)
+    if "positive_prompt" in data:
+        return from_invokeai(data)
+    if isinstance(data.get("workflow"), (dict, str)):
+        workflow = data["workflow"]
+        return _from_workflow(workflow if isinstance(workflow, str) else json.dumps(workflow), column)
+    if isinstance(data.get("nodes"), list):
+        return _from_workflow(json.dumps(data), column)
+    generic = _generic_json(data)
+    if generic is not None:
+        return generic
+    keys = ", ".join(list(data)[:8])
+    raise RowRejected(column, f"{column} holds JSON this reader does not know (keys: {keys})")
+
+
+_GENERIC = {
+    "prompt": ("prompt", "positive_prompt", "positive", "Prompt", "positivePrompt"),
+    "negative_prompt": ("negative_prompt", "negativePrompt", "negative", "Negative prompt", "uc"),
+    "seed": ("seed", "Seed", "noise_seed"),
+    "steps": ("steps", "Steps", "num_inference_steps", "sampling_steps"),
+    "cfg": ("cfg", "cfg_scale", "cfgScale", "guidance_scale", "CFG scale", "scale"),
+    "sampler": ("sampler", "sampler_name", "Sampler", "samplerName"),
+    "scheduler": ("scheduler", "Schedule type"),
+    "width": ("width", "Width"),
+    "height": ("height", "Height"),
+    "model": ("model", "model_name", "Model", "checkpoint", "sd_model_name", "modelName"),
+    "model_hash": ("model_hash", "Model hash", "sd_model_hash"),
+}
+
+
+def _generic_json(data: dict) -> dict | None:
+    """JSON from a tool this reader has no schema for, read by the key names most tools share;
+    None unless it holds a prompt text."""
+    fields: dict = {}
+    used = set()
+    for field_name, keys in _GENERIC.items():
+        for key in keys:
+            value = data.get(key)
+            if value is not None and not isinstance(value, (dict, list)):
+                fields[field_name] = value
+                used.add(key)
+                break
+    if not isinstance(fields.get("prompt"), str):
+        return None
+    if fields.get("width") is None:
+        for key in ("size", "Size", "resolution"):
+            match = re.search(r"(\d+)\s*[x×*,]\s*(\d+)", str(data.get(key) or ""))
+            if match:
+                fields["width"], fields["height"] = match.groups()
+                used.add(key)
+                break
+    fields["extra"] = {key: value for key, value in data.items() if key not in used}
+    fields["generator"] = None
+    return fields
+
+
+def _civitai_only(data: dict) -> dict:
+    extra_metadata = data["extraMetadata"]
+    if isinstance(extra_metadata, str):
+        extra_metadata = parse_json_object(extra_metadata, "extraMetadata")
+    return from_civitai_extra(extra_metadata)
+
+
+# --- stealth -------------------------------------------------------------------------------------
 
 _STEALTH = {"stealth_pnginfo": False, "stealth_pngcomp": True, "stealth_rgbinfo": False, "stealth_rgbcomp": True}
 _LSB_AS_DIGIT = bytes(b"01"[value & 1] for value in range(256))
 _SIGNATURE_BITS = 15 * 8
+_HEADER_BITS = _SIGNATURE_BITS + 32
 
 
-def _lsb_payload(channel_bytes: bytes) -> str | None:
+def _column_bits(image: Image.Image, per_pixel: int, bits: int) -> bytes:
+    """The low bits of the first columns (top to bottom, left to right) as b"0110...", enough for `bits`."""
+    columns = min(image.width, math.ceil(bits / (image.height * per_pixel)))
+    strip = image.crop((0, 0, columns, image.height)).transpose(Image.Transpose.TRANSPOSE)
+    return strip.tobytes().translate(_LSB_AS_DIGIT)
+
+
+def _lsb_payload(image: Image.Image, per_pixel: int) -> str | None:
     """A1111 stealth info: column by column, the lowest bit of each value spells a 15-byte
-    signature, a 32-bit payload length in bits, then the (optionally gzipped) UTF-8 infotext."""
-    if len(channel_bytes) < _SIGNATURE_BITS + 32:
+    signature, a 32-bit payload length in bits, then the (optionally gzipped) UTF-8 text."""
+    capacity = image.width * image.height * per_pixel
+    if capacity < _HEADER_BITS:
         return None
-    bits = channel_bytes.translate(_LSB_AS_DIGIT)  # b"0110..." from the low bits, in C speed
-
-    def as_bytes(start: int, count: int) -> bytes:
-        return int(bits[start : start + count], 2).to_bytes(count // 8, "big")
-
-    signature = as_bytes(0, _SIGNATURE_BITS).decode("latin-1")
+    bits = _column_bits(image, per_pixel, _HEADER_BITS)
+    signature = int(bits[:_SIGNATURE_BITS], 2).to_bytes(15, "big").decode("latin-1")
     if signature not in _STEALTH:
         return None
-    length = int(bits[_SIGNATURE_BITS : _SIGNATURE_BITS + 32], 2)
-    start = _SIGNATURE_BITS + 32
-    if length == 0 or length % 8 or start + length > len(bits):
+    length = int(bits[_SIGNATURE_BITS:_HEADER_BITS], 2)
+    if length == 0 or length % 8 or _HEADER_BITS + length > capacity:
         raise RowRejected("stealth", f"{signature} data is cut short or has a bad length ({length} bits)")
-    payload = as_bytes(start, length)
+    bits = _column_bits(image, per_pixel, _HEADER_BITS + length)[_HEADER_BITS : _HEADER_BITS + length]
+    payload = int(bits, 2).to_bytes(length // 8, "big")
     try:
         if _STEALTH[signature]:
-            payload = gzip.decompress(payload)
+            payload = inflate(payload, STEALTH_MAX_TEXT, wbits=31)
         return payload.decode("utf-8")
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as problem:
+    except TooLarge as problem:
+        raise RowRejected("stealth", f"{signature} data {problem}; refusing to read it") from None
+    except (zlib.error, UnicodeDecodeError) as problem:
         raise RowRejected("stealth", f"{signature} data cannot be decoded: {problem}") from None
 
 
-def _stealth_text(image: Image.Image) -> str | None:
-    """The infotext hidden in the pixels (alpha channel first, then RGB), or None."""
-    if image.format != "PNG":
-        return None  # lossy formats destroy the low bits
+def _stealth_text(path, container: Container) -> str | None:
+    """The text hidden in the pixels (alpha channel first, then RGB), or None. Only lossless files
+    can hold it: PNG, and WebP (lossless ones; lossy ones just show no signature)."""
+    if container.format not in ("PNG", "WEBP"):
+        return None
     try:
-        if image.mode in ("RGBA", "LA"):
-            alpha = image.getchannel("A").transpose(Image.Transpose.TRANSPOSE).tobytes()
-            text = _lsb_payload(alpha)
-            if text is not None:
-                return text
-        if image.mode in ("RGB", "RGBA"):
-            rgb = image.convert("RGB").transpose(Image.Transpose.TRANSPOSE).tobytes()
-            return _lsb_payload(rgb)
-    except (OSError, ValueError, SyntaxError) as problem:
-        raise RowRejected(None, f"image data is damaged: {problem}") from None
+        with Image.open(path) as image:
+            if image.width * image.height > STEALTH_MAX_PIXELS:
+                container.problems.append(f"stealth info not looked for: more than {STEALTH_MAX_PIXELS:,} pixels")
+                return None
+            if image.mode not in ("RGB", "RGBA", "LA"):
+                return None
+            image.load()
+            if image.mode in ("RGBA", "LA"):
+                text = _lsb_payload(image.getchannel("A"), 1)
+                if text is not None:
+                    return text
+            if image.mode in ("RGB", "RGBA"):
+                return _lsb_payload(image.convert("RGB"), 3)
+    except RowRejected:
+        raise
+    except Image.DecompressionBombError as problem:
+        container.problems.append(f"stealth info not looked for: {problem}")
+    except (OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageError) as problem:
+        container.problems.append(f"image data is damaged or unreadable: {problem}")
     return None
 
 
-# --- one image -----------------------------------------------------------------------------------
+def _from_stealth(text: str, container: Container) -> dict:
+    """Stealth text is A1111 infotext, or (NovelAI) the JSON of its PNG text chunks."""
+    if text.lstrip().startswith("{"):
+        data = parse_json_object(text, "stealth")
+        return _json_document(data, "stealth", container)
+    return from_a1111(text, "stealth")
 
 
-def _text_chunks(image: Image.Image) -> dict:
-    """PNG text chunks, including ones written after the image data (which `info` misses)."""
-    info = dict(image.info)
-    if image.format == "PNG" and not info.keys() & _KNOWN_KEYS:
-        try:
-            info.update(getattr(image, "text", {}) or {})
-        except (OSError, ValueError, SyntaxError):
-            pass  # damaged image data; the stealth check below reports it
-    return info
+# --- checks and shape ----------------------------------------------------------------------------
+
+_SCHEDULE_SUFFIX = re.compile(
+    r"[\s_](karras|exponential|automatic|sgm[\s_]uniform|ddim[\s_]uniform|uniform|simple|normal|beta|"
+    r"align[\s_]your[\s_]steps|ays|trailing|substep|kl[\s_]optimal|linear[\s_]quadratic|polyexponential|gpu)$",
+    re.IGNORECASE,
+)
 
 
-_KNOWN_KEYS = {"parameters", "prompt", "invokeai_metadata", "sd-metadata", "Dream", "Comment"}
-
-
-def _generation(image: Image.Image) -> tuple[dict, str]:
-    """(raw generation fields, the metadata chunk they came from), or a rejection."""
-    info = _text_chunks(image)
-    parameters = info.get("parameters")
-    if isinstance(parameters, str):
-        if parameters.lstrip().startswith("{"):
-            data = _json_object(parameters, "parameters")
-            return _from_fooocus(data), "parameters"
-        return _from_a1111(parameters, "parameters"), "parameters"
-    if isinstance(info.get("invokeai_metadata"), str):
-        return _from_invokeai(info["invokeai_metadata"]), "invokeai_metadata"
-    if isinstance(info.get("sd-metadata"), str):
-        return _from_sd_metadata(info["sd-metadata"]), "sd-metadata"
-    if isinstance(info.get("Dream"), str):
-        return _from_dream(info["Dream"]), "Dream"
-    if isinstance(info.get("prompt"), str):
-        return _from_comfyui(info["prompt"]), "prompt"
-    if isinstance(info.get("Comment"), str) and (info.get("Software") == "NovelAI" or "Description" in info):
-        return _from_novelai(info), "Comment"
-    comment = _exif_comment(image)
-    if comment:
-        if comment.lstrip().startswith("{"):
-            return _from_fooocus(_json_object(comment, "UserComment")), "UserComment"
-        return _from_a1111(comment, "UserComment"), "UserComment"
-    stealth = _stealth_text(image)
-    if stealth:
-        return _from_a1111(stealth, "stealth"), "stealth"
-    raise RowRejected(
-        None,
-        "no generation metadata found (looked for A1111 parameters, EXIF UserComment and stealth info, "
-        "ComfyUI prompt, InvokeAI, Fooocus and NovelAI metadata)",
-    )
+def _canonical(name: str) -> str | None:
+    canonical = canonical_sampler(name)
+    if canonical is None and name.lower().endswith("_a"):
+        canonical = canonical_sampler(name[:-2] + "_ancestral")  # legacy InvokeAI: "k_euler_a", "k_dpm_2_a"
+    return canonical
 
 
 def _sampler(value, scheduler) -> str | None:
-    """Canonical sampler, folding in a separate Karras scheduler ("dpmpp_2m" + "karras")."""
+    """Canonical sampler, folding in a separate Karras scheduler ("dpmpp_2m" + "karras") and
+    schedule words written into the name ("euler_karras", "DPM++ 2M AYS", "UniPC Trailing")."""
     if value is None:
         return None
     name = str(value).strip()
@@ -515,33 +554,60 @@ def _sampler(value, scheduler) -> str | None:
         name = name[len("sample_") :]  # ComfyUI before mid-2023 named samplers after k-diffusion functions
     if name.lower().endswith("_k"):
         name, karras = name[:-2], True  # InvokeAI spells Karras variants "dpmpp_2m_k"
-    canonical = canonical_sampler(name)
-    if canonical is None and name.lower().endswith("_a"):
-        canonical = canonical_sampler(name[:-2] + "_ancestral")  # legacy InvokeAI: "k_euler_a", "k_dpm_2_a"
+    canonical = _canonical(name)
+    for _ in range(4):
+        if canonical is not None:
+            break
+        match = _SCHEDULE_SUFFIX.search(name)
+        if match is None:
+            break
+        karras = karras or match.group(1).lower() == "karras"
+        name = name[: match.start()]
+        canonical = _canonical(name)
     if canonical and karras and f"{canonical}_karras" in A1111_NAMES:
         return f"{canonical}_karras"
     return canonical
 
 
-def read_image_metadata(path) -> dict:
-    """The generation settings stored in one image file, as GENERATION_SCHEMA columns (prompt,
-    negative_prompt, seed, steps, cfg, sampler, sampler_original, width, height, model).
+def _jsonable(value, depth: int = 0):
+    """A value as JSON-ready Python: text with lone surrogates repaired, non-finite floats as None."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, bool) or value is None or isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if depth > 16:
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item, depth + 1) for item in value[:1000]]
+    if isinstance(value, dict):
+        return {_jsonable(str(key)): _jsonable(item, depth + 1) for key, item in list(value.items())[:1000]}
+    return _jsonable(str(value), depth)
 
-    Raises RowRejected (with the column = the metadata chunk) when the file is no image, carries no
-    recognised metadata, or holds values that fail the usual checks.
-    """
-    try:
-        with Image.open(path) as image:
-            raw, column = _generation(image)
-    except RowRejected:
-        raise
-    except UnidentifiedImageError:
-        raise RowRejected(None, "not an image Pillow can read") from None
-    except Image.DecompressionBombError as problem:
-        raise RowRejected(None, f"image too large to open safely: {problem}") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as problem:
-        raise RowRejected(None, f"cannot read image: {problem}") from None
 
+def _clean_extra(extra) -> dict:
+    """extra as a JSON-serialisable dict: values over MAX_EXTRA_VALUE characters of JSON dropped."""
+    out: dict = {}
+    total = 0
+    for key, value in (extra or {}).items() if isinstance(extra, dict) else ():
+        if value is None or key in ("",):
+            continue
+        value = _jsonable(value)
+        if value is None:
+            continue
+        try:
+            size = len(json.dumps(value, ensure_ascii=False))
+        except (TypeError, ValueError, RecursionError):
+            continue
+        if size > MAX_EXTRA_VALUE or total + size > MAX_EXTRA_TOTAL:
+            continue
+        total += size
+        out[_jsonable(str(key))] = value
+    return out
+
+
+def _finish(raw: dict, column: str) -> dict:
     def checked(parse, key, **options):
         try:
             return parse(raw.get(key), key, **options)
@@ -549,11 +615,18 @@ def read_image_metadata(path) -> dict:
             raise RowRejected(column, f"{column}: {problem.reason}") from None
 
     prompt = raw.get("prompt")
-    try:
-        check_prompt(prompt)
-    except RowRejected as problem:
-        raise RowRejected(column, f"{column}: {problem.reason}") from None
+    if isinstance(prompt, str) and not prompt.strip():
+        prompt = ""  # the tool recorded an empty positive prompt (A1111 with only a negative, say)
+    else:
+        try:
+            check_prompt(prompt)
+        except RowRejected as problem:
+            raise RowRejected(column, f"{column}: {problem.reason}") from None
     sampler_original = optional_text(raw.get("sampler"))
+    extra = dict(raw.get("extra") or {})
+    if raw.get("scheduler") is not None and "scheduler" not in extra and "Schedule type" not in extra and "Scheduler" not in extra:
+        extra["scheduler"] = raw["scheduler"]
+    model_hash = raw.get("model_hash")
     return {
         "prompt": prompt,
         "negative_prompt": optional_text(raw.get("negative_prompt")),
@@ -566,4 +639,7 @@ def read_image_metadata(path) -> dict:
         "width": checked(parse_int, "width"),
         "height": checked(parse_int, "height"),
         "model": optional_text(raw.get("model")),
+        "model_hash": optional_text(model_hash) if isinstance(model_hash, (str, int)) and not isinstance(model_hash, bool) else None,
+        "generator": optional_text(raw.get("generator")),
+        "extra": _clean_extra(extra),
     }

@@ -70,6 +70,7 @@ class LaionSource:
         except (pa.ArrowException, OSError) as error:
             raise InputError(path, f"not a readable parquet file ({error})") from None
         self.num_rows = self._file.metadata.num_rows
+        self.columns = list(schema.names)
         names = set(schema.names)
         self._source_columns = {}
         for column, candidates in _COLUMNS.items():
@@ -142,8 +143,9 @@ class LaionSource:
         score = self._number(raw, "aesthetic_score")
         keep = pc.invert(rejected_mask)
         filtered = 0
-        if min_aesthetic is not None and score is not None:
-            below = pc.fill_null(pc.less(score, min_aesthetic), False)
+        if min_aesthetic is not None:
+            # A row without a score cannot be shown to reach the threshold: it is filtered too.
+            below = pc.fill_null(pc.less(score, min_aesthetic), True)
             filtered = pc.sum(pc.and_(below, keep)).as_py() or 0
             keep = pc.and_(keep, pc.invert(below))
 
@@ -230,5 +232,14 @@ class LaionSource:
             return pc.cast(values, pa.int64(), safe=False)
 
 
-def open_laion(path: Path) -> LaionSource:
-    return LaionSource(Path(path))
+def open_laion(path: Path, min_aesthetic: float | None = None) -> LaionSource:
+    """Open a LAION parquet file; with min_aesthetic, the file must have a score to filter by."""
+    source = LaionSource(Path(path))
+    if min_aesthetic is not None and "aesthetic_score" not in source._source_columns:
+        raise InputError(
+            path,
+            f"--min-aesthetic {min_aesthetic:g} needs an aesthetic score, and this {source.format} file has none "
+            f"(columns: {', '.join(source.columns)})",
+            column=" or ".join(_COLUMNS["aesthetic_score"]),
+        )
+    return source
