@@ -101,6 +101,16 @@ def synth():
     """Write clearly labelled synthetic data, for tests and benchmarks at scale."""
 
 
+def _synthesise(kind: str, out: Path, rows: int, seed: int, label: str) -> None:
+    from spellbook.ingest import synth as generator
+
+    try:
+        getattr(generator, f"synth_{kind}")(out, rows=rows, seed=seed)
+    except InputError as error:
+        _fail(error)
+    click.echo(f"wrote {rows:,} synthetic {label} rows to {out}")
+
+
 @synth.command("laion")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--rows", type=click.IntRange(1), default=1_000_000, show_default=True)
@@ -112,13 +122,7 @@ def synth_laion(out, rows, seed):
     Example:
         spellbook synth laion synthetic-6plus.parquet --rows 12096835 --seed 1
     """
-    from spellbook.ingest.synth import synth_laion as write
-
-    try:
-        write(out, rows=rows, seed=seed)
-    except InputError as error:
-        _fail(error)
-    click.echo(f"wrote {rows:,} synthetic LAION-Aesthetics V2 rows to {out}")
+    _synthesise("laion", out, rows, seed, "LAION-Aesthetics V2")
 
 
 @synth.command("prompts")
@@ -132,13 +136,7 @@ def synth_prompts(out, rows, seed):
     Example:
         spellbook synth prompts synthetic-diffusiondb.parquet --rows 2000000
     """
-    from spellbook.ingest.synth import synth_prompts as write
-
-    try:
-        write(out, rows=rows, seed=seed)
-    except InputError as error:
-        _fail(error)
-    click.echo(f"wrote {rows:,} synthetic DiffusionDB-shaped rows to {out}")
+    _synthesise("prompts", out, rows, seed, "DiffusionDB-shaped")
 
 
 @cli.command()

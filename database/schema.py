@@ -252,7 +252,42 @@ def _migration_3_identities_and_images(conn):
     )
 
 
-MIGRATIONS = [_migration_1_training_side, _migration_2_prompt_side, _migration_3_identities_and_images]
+# fts5vocab counts a term's documents by walking its whole doclist (25 ms for "the" at 12M rows):
+# the counts of frequent terms are kept here, refreshed after every ingest; rarer terms are cheap
+# to count on the spot.
+TERM_COUNTS = "fts_term_counts"
+FREQUENT_TERM_DOCS = 1_000
+
+
+def _migration_4_term_counts(conn):
+    _execute_script(
+        conn,
+        f"""
+        CREATE TABLE {TERM_COUNTS} (
+            fts TEXT NOT NULL,      -- training_images_fts or generations_fts
+            term TEXT NOT NULL,     -- as the index stores it (folded)
+            doc INTEGER NOT NULL,   -- rows holding it, as fts5vocab says
+            PRIMARY KEY (fts, term)
+        ) WITHOUT ROWID;
+        """,
+    )
+
+
+MIGRATIONS = [_migration_1_training_side, _migration_2_prompt_side, _migration_3_identities_and_images, _migration_4_term_counts]
+
+
+def refresh_term_counts(conn, fts: str, vocab: str) -> int:
+    """Recount the frequent terms of one FTS index (a walk of the whole index: ~2 s at 12M rows)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(f"DELETE FROM {TERM_COUNTS} WHERE fts = ?", (fts,))
+        conn.execute(f"INSERT INTO {TERM_COUNTS}(fts, term, doc) SELECT ?, term, doc FROM {vocab} WHERE doc >= ?", (fts, FREQUENT_TERM_DOCS))
+        count = conn.execute(f"SELECT count(*) FROM {TERM_COUNTS} WHERE fts = ?", (fts,)).fetchone()[0]
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return count
 
 
 def schema_version(conn) -> int:

@@ -235,6 +235,7 @@ class _TrainingTarget:
     kind = "training"
     table = schema.TRAINING_TABLE
     fts = schema.TRAINING_FTS
+    vocab = schema.TRAINING_FTS_VOCAB
     text_column = "caption"
     columns = schema.TRAINING_COLUMNS
     needs_ids = False
@@ -310,6 +311,7 @@ class _GenerationTarget:
     kind = "prompts"
     table = schema.GENERATIONS_TABLE
     fts = schema.GENERATIONS_FTS
+    vocab = schema.GENERATIONS_FTS_VOCAB
     text_column = "prompt"
     columns = schema.GENERATION_COLUMNS
     needs_ids = True  # a part of images read after its metadata gives rows already present their image
@@ -625,6 +627,7 @@ def _ingest(db_path: Path, sources, target_class, batch_size: int, progress: boo
                 from spellbook.ingest.artists import refresh_artists
 
                 started_refresh = time.perf_counter()
+                schema.refresh_term_counts(conn, target.fts, target.vocab)
                 summary.artists = refresh_artists(conn)
                 summary.artist_seconds = time.perf_counter() - started_refresh
             conn.execute("PRAGMA optimize")

@@ -18,6 +18,7 @@ from spellbook.database.schema import (
     GENERATIONS_TABLE,
     TRAINING_FTS,
     TRAINING_FTS_VOCAB,
+    TERM_COUNTS,
     TRAINING_TABLE,
 )
 from spellbook.queries.spread import Windows
@@ -184,15 +185,11 @@ def fts_page(conn, corpus: Corpus, q: str, match: str, limit: int, offset: int, 
         # Shortest text first: there the matched words are most of the caption or prompt. (bm25 would
         # walk every query term's whole doclist again for its document frequency: 90 ms for
         # "master of the bambino vispo" at 12M rows, because of "of" and "the".)
-        ids = [
-            rowid
-            for (rowid,) in conn.execute(
-                f"""SELECT id FROM {corpus.table} WHERE id IN (SELECT value FROM json_each(:ids))
-                    ORDER BY length({corpus.text}), id LIMIT :limit OFFSET :offset""",
-                {"ids": json.dumps(candidates), "limit": limit, "offset": offset},
-            )
-        ]
-        rows = _rows_by_id(conn, corpus, ids, terms)
+        # One pass orders the candidates and reads the page's rows (a top-N sort, no second lookup).
+        sql = f"""SELECT {corpus.columns}, t.{corpus.text} AS highlighted FROM {corpus.table} t {corpus.joins}
+                  WHERE t.id IN (SELECT value FROM json_each(:ids)) ORDER BY length(t.{corpus.text}), t.id LIMIT :limit OFFSET :offset"""
+        params = {"ids": json.dumps(candidates), "limit": limit, "offset": offset}
+        rows = [_row_dict(corpus, row, description, terms) for row, description in _fetch(conn, sql, params)]
         return SearchResult(query=q, total=len(candidates), total_exact=True, ranked=True, rows=rows)
     sample = Windows.over(rows_total, windows_for(match)).sample(fetch, need=offset + limit)
     ids = sample.page(offset, limit)
@@ -291,7 +288,20 @@ def estimate_matches(conn, match: str, corpus: Corpus = TRAINING) -> int:
             last = words.pop()
             row = conn.execute(f"SELECT sum(doc) FROM {corpus.vocab} WHERE term >= ? AND term < ?", (last, last + "\U0010ffff")).fetchone()
             counts.append(row[0] or 0)
-        for word in words:
-            row = conn.execute(f"SELECT doc FROM {corpus.vocab} WHERE term = ?", (word,)).fetchone()
-            counts.append(row[0] if row else 0)
+        counts.extend(term_docs(conn, corpus, word) for word in words)
     return min(min(counts), max_id(conn, corpus)) if counts else 0
+
+
+def term_docs(conn, corpus: Corpus, term: str) -> int:
+    """Rows holding one (folded) term: kept for frequent terms at ingest (TERM_COUNTS), else
+    counted by fts5vocab, which walks the term's doclist (short for a term that is not kept)."""
+    row = None
+    if _has_term_counts(conn):
+        row = conn.execute(f"SELECT doc FROM {TERM_COUNTS} WHERE fts = ? AND term = ?", (corpus.fts, term)).fetchone()
+    if row is None:
+        row = conn.execute(f"SELECT doc FROM {corpus.vocab} WHERE term = ?", (term,)).fetchone()
+    return row[0] if row else 0
+
+
+def _has_term_counts(conn) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (TERM_COUNTS,)).fetchone() is not None

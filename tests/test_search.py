@@ -75,3 +75,11 @@ def test_small_results_come_shortest_text_first(sorted_db):
     assert lengths == sorted(lengths) and lengths[0] < lengths[-1]
     page = search.search_training(conn, "tabby", limit=2, offset=2)
     assert [r["id"] for r in page.rows] == [r["id"] for r in result.rows[2:4]]
+
+
+def test_highlight_cannot_be_forged_by_the_text():
+    terms = search.match_terms(search.fts_query("cat"))
+    forged = "a \x00\x01<script>x</script>\x00\x02 cat"
+    html = str(search.highlighted(forged, terms))
+    assert "<script>" not in html and html.count("<mark>") == 1 and "&lt;script&gt;" in html
+    assert str(search.highlighted("Cat & dog's <cat>", terms)) == "<mark>Cat</mark> &amp; dog&#39;s &lt;<mark>cat</mark>&gt;"

@@ -68,8 +68,15 @@ def tokens(text: str) -> list[str]:
     return [token for _, _, token in token_spans(text)]
 
 
+_ASCII_TOKEN = re.compile(r"[A-Za-z0-9]+")  # what SQLite's tokenizer keeps of ASCII text
+
+
 def token_spans(text: str) -> Iterator[tuple[int, int, str]]:
     """(start, end, folded token) for every token of text, for highlighting in place."""
+    if text.isascii():
+        for match in _ASCII_TOKEN.finditer(text):
+            yield match.start(), match.end(), match.group().lower()
+        return
     for match in token_pattern().finditer(text):
         folded = fold(match.group())
         if folded:  # a run of combining marks alone folds to nothing, and SQLite skips it

@@ -7,6 +7,10 @@ from markupsafe import Markup, escape
 
 from spellbook.text.fold import token_spans
 
+# Marks placed around matched words before the text is escaped in one pass, then turned into tags.
+# A text that itself holds a NUL could forge them: such text takes the slower, segment-wise path.
+_MARK, _END = "\x00\x01", "\x00\x02"
+
 
 def highlighted(text: str | None, terms: tuple[frozenset, tuple] = (frozenset(), ())) -> Markup:
     """The text, escaped, with every word of the query in <mark>.
@@ -20,6 +24,23 @@ def highlighted(text: str | None, terms: tuple[frozenset, tuple] = (frozenset(),
     words, prefixes = terms
     if not words and not prefixes:
         return Markup(escape(text))
+    if "\x00" in text:
+        return _highlighted_in_segments(text, words, prefixes)
+    parts, position = [], 0
+    for start, end, folded in token_spans(text):
+        if folded in words or (prefixes and any(folded.startswith(prefix) for prefix in prefixes)):
+            parts.append(text[position:start])
+            parts.append(_MARK)  # a marker no text holds, for the tags once the text is escaped
+            parts.append(text[start:end])
+            parts.append(_END)
+            position = end
+    if not parts:
+        return Markup(escape(text))
+    parts.append(text[position:])
+    return Markup(str(escape("".join(parts))).replace(_MARK, "<mark>").replace(_END, "</mark>"))
+
+
+def _highlighted_in_segments(text: str, words, prefixes) -> Markup:
     parts, position = [], 0
     for start, end, folded in token_spans(text):
         if folded in words or any(folded.startswith(prefix) for prefix in prefixes):
