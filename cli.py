@@ -139,6 +139,154 @@ def synth_prompts(out, rows, seed):
     _synthesise("prompts", out, rows, seed, "DiffusionDB-shaped")
 
 
+def _model_options(command):
+    """--model / --pretrained / --device, the same on every command that loads a model."""
+    command = click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), default="cpu", show_default=True, help="Where the model runs.")(command)
+    command = click.option("--download/--no-download", default=True, show_default=True, help="Fetch missing weights from the Hugging Face hub.")(command)
+    command = click.option("--pretrained", default=None, help="open_clip pretrained tag or checkpoint file (default: openai with the default model).")(command)
+    command = click.option("--model", "model_name", default=None,
+                           help="open_clip model name, hf-hub:ORG/REPO or local-dir:PATH (default: ViT-L-14, with openai weights).")(command)
+    return command
+
+
+def _model(model_name, pretrained, device, download=True):
+    from spellbook.embeddings.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, get_model
+
+    if model_name is None:
+        model_name, pretrained = DEFAULT_MODEL, pretrained or DEFAULT_PRETRAINED
+    return get_model(model_name, pretrained, device, download)
+
+
+def _run_embedding(task):
+    from spellbook.embeddings.embed import EmbedError
+    from spellbook.embeddings.models import ModelError
+    from spellbook.embeddings.store import StoreError
+
+    try:
+        summary = task()
+    except (EmbedError, ModelError, StoreError, InputError) as error:
+        _fail(error)
+    click.echo(summary.report())
+
+
+@cli.group()
+def embed():
+    """Fill the vector store beside a database (DB.vectors.db): resumable and idempotent.
+
+    \b
+    Example:
+        spellbook embed laion spellbook.db laion2B-en/img_emb/
+        spellbook embed texts spellbook.db --prompts
+        spellbook embed images spellbook.db --generations
+    """
+
+
+_PRECISION = click.option("--precision", type=click.Choice(["int8", "float16"]), default="int8", show_default=True, help="How vectors are stored (int8: measured recall in bench/VECTORS.md).")
+_PROGRESS = click.option("--progress/--no-progress", default=None, help="Progress bar (default: on when stderr is a terminal).")
+
+
+@embed.command("laion")
+@click.argument("db", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@_model_options
+@_PRECISION
+@_PROGRESS
+def embed_laion(db, paths, model_name, pretrained, device, download, precision, progress):
+    """Import LAION's published image embeddings (img_emb_NNNN.npy beside metadata_NNNN.parquet),
+    joined to the training images by URL and caption. No model is loaded: --model names the
+    model the embeddings were made with (LAION-5B's are OpenAI ViT-L/14, the default).
+
+    \b
+    Example:
+        spellbook embed laion spellbook.db laion2B-en/img_emb/img_emb_0000.npy
+    """
+    from spellbook.embeddings.embed import import_laion
+
+    show = sys.stderr.isatty() if progress is None else progress
+    _run_embedding(lambda: import_laion(db, paths, _model(model_name, pretrained, device, download), precision, progress=show))
+
+
+@embed.command("texts")
+@click.argument("db", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--captions", is_flag=True, help="Training captions.")
+@click.option("--prompts", is_flag=True, help="Prompts (each distinct text once).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many rows this run.")
+@_model_options
+@_PRECISION
+@_PROGRESS
+def embed_texts_command(db, captions, prompts, limit, model_name, pretrained, device, download, precision, progress):
+    """Embed training captions and/or prompts with the text tower.
+
+    \b
+    Example:
+        spellbook embed texts spellbook.db --prompts --model ViT-B-32 --pretrained laion2b_s34b_b79k
+    """
+    from spellbook.embeddings.embed import embed_texts
+
+    if not captions and not prompts:
+        raise click.UsageError("say --captions, --prompts or both")
+    show = sys.stderr.isatty() if progress is None else progress
+    model = _model(model_name, pretrained, device, download)
+    for wanted, collection in ((captions, "training_caption"), (prompts, "generation_prompt")):
+        if wanted:
+            _run_embedding(lambda: embed_texts(db, model, collection, precision, limit=limit, progress=show))
+
+
+@embed.command("images")
+@click.argument("db", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--generations", is_flag=True, help="Generated images on this machine's disk (image folders, DiffusionDB parts).")
+@click.option("--training-urls", is_flag=True, help="Training images fetched by their URLs (every fetch recorded in link_checks).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many rows this run.")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=16, show_default=True, help="URL fetches in flight at once.")
+@_model_options
+@_PRECISION
+@_PROGRESS
+def embed_images_command(db, generations, training_urls, limit, concurrency, model_name, pretrained, device, download, precision, progress):
+    """Embed images with the image tower: local generated images, or training images by URL.
+
+    \b
+    Example:
+        spellbook embed images spellbook.db --training-urls --limit 10000 --concurrency 32
+    """
+    from spellbook.embeddings.embed import embed_images
+
+    if not generations and not training_urls:
+        raise click.UsageError("say --generations, --training-urls or both")
+    show = sys.stderr.isatty() if progress is None else progress
+    model = _model(model_name, pretrained, device, download)
+    limits = None
+    if training_urls:
+        from spellbook.embeddings.fetch import FetchLimits
+
+        limits = FetchLimits(concurrency=concurrency)
+    for wanted, collection in ((generations, "generation_image"), (training_urls, "training_image")):
+        if wanted:
+            _run_embedding(lambda: embed_images(db, model, collection, precision, limit=limit, progress=show, fetch_limits=limits))
+
+
+@cli.command("index")
+@click.argument("db", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--rebuild", is_flag=True, help="Build from scratch instead of adding the new vectors.")
+def index_command(db, rebuild):
+    """Build or extend the similarity index of every collection in DB.vectors.db.
+
+    \b
+    Example:
+        spellbook index spellbook.db
+    """
+    from spellbook.embeddings.indexing import build_indexes
+    from spellbook.embeddings.store import StoreError
+
+    try:
+        summaries = build_indexes(db, rebuild=rebuild)
+    except (StoreError, ValueError) as error:
+        _fail(error)
+    for summary in summaries:
+        click.echo(summary.report())
+    if not summaries:
+        click.echo("no vectors to index (run spellbook embed first)")
+
+
 @cli.command()
 @click.argument("dbs", metavar="DB...", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -146,7 +294,9 @@ def synth_prompts(out, rows, seed):
 @click.option("--metadata", "metadata_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Datasette metadata (default: Spellbook's metadata.yml).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Datasette configuration, datasette.yaml (default: Spellbook's).")
 @click.option("--local-images/--no-local-images", default=True, show_default=True, help="Show generated images from this machine's disk (never on a published instance).")
-def serve(dbs, host, port, metadata_path, config_path, local_images):
+@click.option("--model", "model_name", default=None, help="The model that encodes similarity queries (default: the one the vectors were made with).")
+@click.option("--pretrained", default=None, help="Its open_clip pretrained tag or checkpoint file.")
+def serve(dbs, host, port, metadata_path, config_path, local_images, model_name, pretrained):
     """Serve Spellbook databases read-only in Datasette, with Spellbook's pages.
 
     Runs `datasette serve --immutable DB ...` with Spellbook's metadata and settings; the
@@ -166,6 +316,9 @@ def serve(dbs, host, port, metadata_path, config_path, local_images):
         os.environ["SPELLBOOK_LOCAL_IMAGES"] = "1"
     else:
         os.environ.pop("SPELLBOOK_LOCAL_IMAGES", None)
+    for name, value in (("SPELLBOOK_MODEL", model_name), ("SPELLBOOK_PRETRAINED", pretrained)):
+        if value:
+            os.environ[name] = value
     os.execvp(sys.executable, [sys.executable, "-m", "datasette", *args])
 
 

@@ -37,7 +37,9 @@ async def search_view(datasette, request):
              "page": page, "page_size": page_size, "next": next_url, "rows": rows}
         )
     threshold = float(settings["punsafe_blur_threshold"])
+    dead = await dead_links(datasette, request, database, [row["url"] for row in result.rows])
     for row in result.rows:
+        row["dead_link"] = dead.get(row["url"])
         row["tile_width"] = tile_width(row["width"], row["height"])
         row["blurred"] = row["punsafe"] is not None and row["punsafe"] >= threshold
     table_query = {"_search": q} if q else {}
@@ -59,6 +61,16 @@ async def search_view(datasette, request):
             request=request,
         )
     )
+
+
+async def dead_links(datasette, request, database, urls: list[str]) -> dict[str, str]:
+    """url -> how its last fetch failed, from the vector store's link checks (where there is one)."""
+    from spellbook.plugins.similar import similarity
+
+    sim = similarity(datasette, database)
+    if not urls or not sim.available:
+        return {}
+    return await run(datasette, request, database, lambda conn: sim.store().dead_links(urls), tables=["training_images"])
 
 
 @hookimpl

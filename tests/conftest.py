@@ -215,3 +215,99 @@ def clustered_db(tmp_path_factory) -> Path:
     summary = ingest_training_files(db, [write_v2(folder / "early.parquet", early), write_v2(folder / "late.parquet", late)])
     assert not summary.failed, summary.report()
     return db
+
+
+# --- models for the similarity tests ---------------------------------------------------------------
+
+TINY_CLIP_CONFIG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
+    """A tiny open_clip CLIP built from a config with random weights, saved the way a real checkpoint
+    folder is (open_clip_config.json + open_clip_model.safetensors), for `local-dir:` loading."""
+    import json
+
+    import torch
+    from open_clip.model import CLIP
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = CLIP(**TINY_CLIP_CONFIG)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps({
+        "model_cfg": TINY_CLIP_CONFIG,
+        "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]},
+    }))
+    save_file(model.state_dict(), str(folder / "open_clip_model.safetensors"))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> str:
+    """`local-dir:PATH` of a tiny random CLIP checkpoint."""
+    pytest.importorskip("open_clip")
+    return "local-dir:" + str(save_tiny_clip(tmp_path_factory.mktemp("tiny-clip") / "tiny-clip"))
+
+
+COLOURS = {"red": 0, "green": 1, "blue": 2}
+STAND_IN_DIMENSIONS = 32
+
+
+class StandInModel:
+    """A deterministic stand-in (llm's way to test ranking): colour words and an image's mean
+    colour share dimensions 0-2, every other word hashes to one of the rest. So "red" is near red
+    images, and captions that share words are near each other."""
+
+    supports_text = supports_images = True
+    dimensions = STAND_IN_DIMENSIONS
+
+    def __init__(self, name="stand-in", pretrained=None, device="cpu"):
+        self.model_id = "stand-in"
+
+    def fingerprint(self):
+        return "stand-in:v1"
+
+    @staticmethod
+    def word(word: str):
+        import hashlib
+
+        import numpy as np
+
+        vector = np.zeros(STAND_IN_DIMENSIONS, np.float32)
+        if word in COLOURS:
+            vector[COLOURS[word]] = 3.0
+        else:
+            vector[3 + int(hashlib.md5(word.encode()).hexdigest(), 16) % (STAND_IN_DIMENSIONS - 3)] = 1.0
+        return vector
+
+    def embed_texts(self, texts):
+        import numpy as np
+
+        out = np.stack([sum((self.word(w) for w in text.lower().split()), np.zeros(STAND_IN_DIMENSIONS, np.float32)) + 1e-3 for text in texts])
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    def embed_images(self, images):
+        import numpy as np
+
+        out = []
+        for image in images:
+            vector = np.full(STAND_IN_DIMENSIONS, 1e-3, np.float32)
+            vector[:3] = np.asarray(image.convert("RGB").resize((4, 4))).reshape(-1, 3).mean(axis=0) / 255.0
+            out.append(vector)
+        out = np.stack(out)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def stand_in():
+    """The stand-in model, registered like a plugin's model; forgotten afterwards."""
+    from spellbook.embeddings import models
+
+    models.register("stand-in", StandInModel)
+    yield models.get_model("stand-in", None)
+    models._FACTORIES.pop("stand-in", None)
+    models.forget_models()

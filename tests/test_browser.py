@@ -112,3 +112,46 @@ def test_a_long_other_bar_shows_its_break(browser, tmp_path):
         assert "200" in other.locator(".sb-bar-count").inner_text()
     finally:
         server.stop()
+
+
+def test_similarity_pages_by_words_upload_more_like_this_and_lookalikes(browser, tmp_path, tiny_clip):
+    """The real model class on a tiny random checkpoint: LAION-shaped shards made with it, served
+    by `spellbook serve`, which loads the same checkpoint to encode queries."""
+    from spellbook.embeddings.embed import import_laion
+    from spellbook.embeddings.models import get_model
+    from tests.conftest import Server
+    from tests.test_similarity import TRAINING, image, laion_shard, url
+    from tests.conftest import write_v2
+    from spellbook.ingest.load import ingest_training_files
+
+    db = tmp_path / "colours.db"
+    ingest_training_files(db, [write_v2(tmp_path / "colours.parquet", [{"URL": url(i), "TEXT": c} for i, (c, _) in enumerate(TRAINING)])])
+    model = get_model(tiny_clip, None)
+    import_laion(db, [laion_shard(tmp_path / "laion", model)], model)
+    upload = tmp_path / "mine.png"
+    image((0, 250, 0)).save(upload)
+    server = Server(db)
+    try:
+        page = browser.new_page()
+        page.goto(server.url + "/-/similar")
+        page.fill('form.sb-similar-form input[name="q"]', "painting by zorana velk")
+        page.click('form.sb-similar-form button[type="submit"]')
+        page.wait_for_url("**/-/similar?q=painting*")
+        tiles = page.locator(".sb-grid .sb-tile")
+        assert tiles.count() == len(TRAINING)  # hybrid: every image has a vector, the words rank some first
+        assert page.locator(".sb-why").first.inner_text().startswith("words and similarity")
+        page.locator(".sb-tile a.sb-more").first.click()
+        page.wait_for_url("**/-/similar?image=*")
+        assert page.locator("h1").inner_text().startswith("More like training image")
+        assert page.locator(".sb-grid .sb-tile").count() == len(TRAINING) - 1  # all but itself
+        page.goto(server.url + "/-/similar")
+        page.set_input_files('form.sb-upload input[type="file"]', str(upload))
+        page.click('form.sb-upload button[type="submit"]')
+        page.wait_for_selector("h1:text('Like your image')")
+        assert page.locator(".sb-grid .sb-tile").count() == len(TRAINING)
+        page.goto(server.url + "/-/artist/zorana%20velk")
+        page.wait_for_selector(".sb-lookalikes-slot[data-loaded=yes]")
+        assert page.locator(".sb-lookalikes .sb-tile").count() == len(TRAINING) - 3  # every image whose caption does not name her
+        assert "not proof" in page.locator(".sb-lookalike-note").inner_text()
+    finally:
+        server.stop()
