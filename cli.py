@@ -287,6 +287,79 @@ def index_command(db, rebuild):
         click.echo("no vectors to index (run spellbook embed first)")
 
 
+def _size(ctx, param, value):
+    if value is None:
+        return None
+    import re
+
+    match = re.fullmatch(r"\s*(\d+)\s*[x×]\s*(\d+)\s*", value)
+    if not match:
+        raise click.BadParameter("give it as WIDTHxHEIGHT, e.g. 512x768")
+    return int(match.group(1)), int(match.group(2))
+
+
+@cli.command("regenerate")
+@click.argument("db", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("ids", nargs=-1, type=click.IntRange(0))
+@click.option("--query", default=None, help="Also regenerate the prompts matching this full-text search.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True, help="At most this many matches of --query.")
+@click.option("--model", default=None, help="Hub id, diffusers folder or .safetensors/.ckpt file (default: the row's checkpoint, or its corpus's model).")
+@click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Checkpoints to find by the image's Model hash (A1111's rules).")
+@click.option("--lora-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where <lora:NAME:W> tags are looked up.")
+@click.option("--embeddings-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Textual-inversion embeddings named in prompts.")
+@click.option("--config", "config_dir", default=None, help="Diffusers folder (or hub id) whose configuration single-file checkpoints use.")
+@click.option("--device", type=click.Choice(["cuda", "mps", "cpu"]), default=None, help="Where the pipeline runs (default: cuda, then mps, then cpu).")
+@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default=None, help="Weights' precision (default: float16 on GPUs, float32 on the CPU).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder for the PNGs (default: regenerations/ beside DB).")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=None, help="Override the recorded seed.")
+@click.option("--steps", type=click.IntRange(1, 1000), default=None, help="Override the recorded steps.")
+@click.option("--cfg", type=float, default=None, help="Override the recorded CFG scale.")
+@click.option("--sampler", default=None, help="Override the sampler (any spelling: 'DPM++ 2M Karras', 'euler_ancestral', 'k_lms').")
+@click.option("--size", callback=_size, default=None, metavar="WxH", help="Override the size (rounded to multiples of 8).")
+@click.option("--negative", default=None, help="Override the negative prompt.")
+@click.option("--init-image", default=None, metavar="PATH|ID", help="Image to image: start from this file, or from generation ID's image.")
+@click.option("--strength", type=click.FloatRange(0.0, 1.0), default=None, help="Image to image: how much to change the start image (default 0.75).")
+@click.option("--batch-size", type=click.IntRange(1, 64), default=1, show_default=True, help="Images per pipeline call where their settings allow.")
+@click.option("--download", is_flag=True, help="Let diffusers fetch models and configurations from the Hugging Face hub.")
+@click.option("--compile", "compile_unet", is_flag=True, help="torch.compile the UNet (slow first image, faster after).")
+def regenerate_command(db, ids, query, limit, model, models_dir, lora_dir, embeddings_dir, config_dir, device, dtype, out, seed, steps, cfg,
+                       sampler, size, negative, init_image, strength, batch_size, download, compile_unet):
+    """Regenerate indexed prompts with their own settings on this machine's GPU (or CPU).
+
+    Every setting comes from the indexed row; each option overrides one ("remix"). The PNGs
+    carry the generation data as A1111 writes it, and DB.runner.db records every parameter
+    used. Whatever cannot be honoured (a LoRA not found, an unknown sampler, a hires-fix pass)
+    is printed and recorded.
+
+    \b
+    Example:
+        spellbook regenerate spellbook.db 1234 --models-dir ~/sd/models/Stable-diffusion --lora-dir ~/sd/models/Lora
+        spellbook regenerate spellbook.db --query "greg rutkowski" --limit 20 --model runwayml/stable-diffusion-v1-5 --batch-size 4
+        spellbook regenerate spellbook.db 1234 --seed 7 --steps 30 --sampler "DPM++ 2M Karras" --size 512x768
+    """
+    from spellbook.runner.pipelines import RunnerError
+    from spellbook.runner.regenerate import Overrides, RunnerOptions, regenerate
+
+    if not ids and not query:
+        raise click.UsageError("give generation IDs, --query, or both")
+    width, height = size or (None, None)
+    overrides = Overrides(seed=seed, steps=steps, cfg=cfg, sampler=sampler, width=width, height=height, negative=negative,
+                          init_image=init_image, strength=strength)
+    options = RunnerOptions(model=model, models_dir=models_dir and str(models_dir), lora_dir=lora_dir and str(lora_dir),
+                            embeddings_dir=embeddings_dir and str(embeddings_dir), config=config_dir, device=device, dtype=dtype,
+                            out=out and str(out), download=download, compile=compile_unet, batch_size=batch_size)
+    try:
+        results = regenerate(db, ids, overrides, options, query=query, limit=limit)
+    except RunnerError as error:
+        _fail(error)
+    for result in results:
+        click.echo(result.report())
+    if not results:
+        click.echo("nothing to regenerate: no generation matched")
+    if any(result.error for result in results):
+        sys.exit(1)
+
+
 @cli.command()
 @click.argument("dbs", metavar="DB...", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -296,7 +369,8 @@ def index_command(db, rebuild):
 @click.option("--local-images/--no-local-images", default=True, show_default=True, help="Show generated images from this machine's disk (never on a published instance).")
 @click.option("--model", "model_name", default=None, help="The model that encodes similarity queries (default: the one the vectors were made with).")
 @click.option("--pretrained", default=None, help="Its open_clip pretrained tag or checkpoint file.")
-def serve(dbs, host, port, metadata_path, config_path, local_images, model_name, pretrained):
+@click.option("--enable-runner", is_flag=True, help="Regenerate button and queue on prompt pages, with a worker on this machine (never on a published instance).")
+def serve(dbs, host, port, metadata_path, config_path, local_images, model_name, pretrained, enable_runner):
     """Serve Spellbook databases read-only in Datasette, with Spellbook's pages.
 
     Runs `datasette serve --immutable DB ...` with Spellbook's metadata and settings; the
@@ -306,6 +380,7 @@ def serve(dbs, host, port, metadata_path, config_path, local_images, model_name,
     \b
     Example:
         spellbook serve spellbook.db --port 8001
+        SPELLBOOK_MODELS_DIR=~/sd/models/Stable-diffusion spellbook serve spellbook.db --enable-runner
     """
     import os
 
@@ -319,6 +394,12 @@ def serve(dbs, host, port, metadata_path, config_path, local_images, model_name,
     for name, value in (("SPELLBOOK_MODEL", model_name), ("SPELLBOOK_PRETRAINED", pretrained)):
         if value:
             os.environ[name] = value
+    if enable_runner:
+        from spellbook.runner.serving import serve_with_worker
+
+        os.environ["SPELLBOOK_RUNNER"] = "1"
+        sys.exit(serve_with_worker([sys.executable, "-m", "datasette", *args], [str(db) for db in dbs]))
+    os.environ.pop("SPELLBOOK_RUNNER", None)
     os.execvp(sys.executable, [sys.executable, "-m", "datasette", *args])
 
 

@@ -273,7 +273,36 @@ def _migration_4_term_counts(conn):
     )
 
 
-MIGRATIONS = [_migration_1_training_side, _migration_2_prompt_side, _migration_3_identities_and_images, _migration_4_term_counts]
+def _migration_5_removals(conn):
+    """Take-down: what was removed, why and when, and the identity of every removed row, so that its
+    pages answer 410 and no later ingest brings it back. The rows themselves are deleted, with their
+    FTS entries, vectors and counts; URLs are kept only as hashes."""
+    _execute_script(
+        conn,
+        """
+        CREATE TABLE removals (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,              -- url, key, hash, domain, file, release
+            value TEXT NOT NULL,             -- what was asked for (a domain, a key; a URL only as its hash)
+            reason TEXT NOT NULL,
+            requested_by TEXT,
+            rows_removed INTEGER NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE removed_rows (
+            item TEXT NOT NULL,              -- training_image or generation
+            key INTEGER NOT NULL,            -- the row's stable key
+            item_id INTEGER NOT NULL,        -- its id when it was removed (row pages answer 410)
+            url_hash INTEGER,                -- content_hash of its URL
+            removal INTEGER NOT NULL REFERENCES removals(id),
+            PRIMARY KEY (item, key)
+        ) WITHOUT ROWID;
+        CREATE INDEX idx_removed_rows_id ON removed_rows(item, item_id);
+        """,
+    )
+
+
+MIGRATIONS = [_migration_1_training_side, _migration_2_prompt_side, _migration_3_identities_and_images, _migration_4_term_counts, _migration_5_removals]
 
 
 def refresh_term_counts(conn, fts: str, vocab: str) -> int:

@@ -79,3 +79,21 @@ def build_indexes(db_path, collections=None, model_id: str | None = None, rebuil
     finally:
         store.close()
     return summaries
+
+
+def remove_from_indexes(store: VectorStore, model: int, collection: str, vector_ids) -> None:
+    """Take removed vectors out of the collection's index (they are never returned again)."""
+    row = store.conn.execute("SELECT file_name FROM indexes WHERE model = ? AND collection = ?", (model, collection)).fetchone()
+    if row is None:
+        return
+    path = store.path.with_name(row[0])
+    if not path.exists():
+        return
+    from spellbook.embeddings.index import VectorIndex
+
+    import numpy as np
+
+    index = VectorIndex.open(path)
+    index.remove(np.asarray(list(vector_ids), dtype=np.int64))
+    index.save()
+    store.conn.execute("UPDATE indexes SET vectors = ? WHERE model = ? AND collection = ?", (len(index), model, collection))

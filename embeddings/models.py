@@ -138,9 +138,9 @@ class OpenClipModel(EmbeddingModel):
         return model, preprocess, tokenizer
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        model, _, tokenizer = self.load()  # first: without the clip extra, a ModelError that says so
         import torch
 
-        model, _, tokenizer = self.load()
         if not len(texts):
             return np.zeros((0, self.dimensions), np.float32)
         tokens = tokenizer(list(texts))
@@ -154,11 +154,11 @@ class OpenClipModel(EmbeddingModel):
         return _normalise(out)
 
     def embed_images(self, images: Sequence) -> np.ndarray:
-        import torch
-
         from concurrent.futures import ThreadPoolExecutor
 
         model, preprocess, _ = self.load()
+        import torch
+
         dtype = next(model.parameters()).dtype
         batches = [images[start : start + self.batch_size] for start in range(0, len(images), self.batch_size)]
         if not batches:

@@ -144,6 +144,12 @@ class ModelRecord:
     precision: str
 
 
+def _checked(collection: str) -> str:
+    if collection not in COLLECTIONS:
+        raise StoreError(f"no collection {collection!r}; one of {', '.join(COLLECTIONS)}")
+    return collection
+
+
 def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -155,7 +161,7 @@ class VectorStore:
         self.path = Path(path)
         if readonly:
             if not self.path.exists():
-                raise StoreError(f"{self.path}: no vector store (run `spellbook embed` first)")
+                raise StoreError(f"{self.path.name}: no vector store (run `spellbook embed` first)")
             self.conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False)
         else:
             self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
@@ -186,7 +192,7 @@ class VectorStore:
             return ModelRecord(*row)
         if not create:
             known = ", ".join(record.model_id for record in self.models()) or "none"
-            raise StoreError(f"{self.path}: no vectors were made with {model.model_id} (this store has: {known}); "
+            raise StoreError(f"{self.path.name}: no vectors were made with {model.model_id} (this store has: {known}); "
                              "serve with the same --model/--pretrained as `spellbook embed` used")
         if precision not in PRECISIONS:
             raise StoreError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}")
@@ -236,6 +242,33 @@ class VectorStore:
             raise
         return len(hashes)
 
+    def remove_items(self, collections, item_ids) -> dict[tuple[int, str], list[int]]:
+        """Unlink removed rows and delete the vectors no other row has, in one transaction.
+        Returns the deleted vector ids by (model, collection), for the indexes to drop too."""
+        item_ids = [int(i) for i in item_ids]
+        orphans: dict[tuple[int, str], list[int]] = {}
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for collection in collections:
+                vectors = [v for (v,) in self._select_in(
+                    f"SELECT DISTINCT vector FROM vector_items WHERE collection = '{_checked(collection)}' AND item_id IN ({{marks}})", item_ids)]
+                self._delete_in(f"DELETE FROM vector_items WHERE collection = '{collection}' AND item_id IN ({{marks}})", item_ids)
+                still = {v for (v,) in self._select_in("SELECT DISTINCT vector FROM vector_items WHERE vector IN ({marks})", vectors)}
+                gone = [v for v in vectors if v not in still]
+                for model, vector_id in self._select_in("SELECT model, id FROM vectors WHERE id IN ({marks})", gone):
+                    orphans.setdefault((model, collection), []).append(vector_id)
+                self._delete_in("DELETE FROM vectors WHERE id IN ({marks})", gone)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        return orphans
+
+    def _delete_in(self, sql: str, values: list, chunk: int = 900) -> None:
+        for start in range(0, len(values), chunk):
+            part = values[start : start + chunk]
+            self.conn.execute(sql.format(marks=",".join("?" * len(part))), part)
+
     def record_links(self, results) -> None:
         self.conn.executemany(
             """INSERT INTO link_checks(url_hash, url, outcome, status, bytes, seconds, content_type, error, attempts, checked_at)
@@ -264,7 +297,7 @@ class VectorStore:
         item_ids = [int(i) for i in item_ids]
         found = self._select_in(
             "SELECT i.item_id, v.vector FROM vector_items i JOIN vectors v ON v.id = i.vector "
-            f"WHERE i.collection = '{collection}' AND v.model = {record.id} AND i.item_id IN ({{marks}})",
+            f"WHERE i.collection = '{_checked(collection)}' AND v.model = {int(record.id)} AND i.item_id IN ({{marks}})",
             item_ids,
         )
         if not found:
@@ -276,7 +309,7 @@ class VectorStore:
         """vector id -> the item ids that have it."""
         out: dict[int, list[int]] = {}
         for vector, item_id in self._select_in(
-            f"SELECT vector, item_id FROM vector_items WHERE collection = '{collection}' AND vector IN ({{marks}}) ORDER BY item_id", [int(v) for v in vector_ids]
+            f"SELECT vector, item_id FROM vector_items WHERE collection = '{_checked(collection)}' AND vector IN ({{marks}}) ORDER BY item_id", [int(v) for v in vector_ids]
         ):
             out.setdefault(vector, []).append(item_id)
         return out

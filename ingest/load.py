@@ -233,6 +233,7 @@ class _TrainingTarget:
     """How training-image batches become rows of training_images."""
 
     kind = "training"
+    item = "training_image"
     table = schema.TRAINING_TABLE
     fts = schema.TRAINING_FTS
     vocab = schema.TRAINING_FTS_VOCAB
@@ -309,6 +310,7 @@ class _GenerationTarget:
     """How prompt-corpus batches become generations, their keywords and per-day counts."""
 
     kind = "prompts"
+    item = "generation"
     table = schema.GENERATIONS_TABLE
     fts = schema.GENERATIONS_FTS
     vocab = schema.GENERATIONS_FTS_VOCAB
@@ -610,6 +612,10 @@ def _ingest(db_path: Path, sources, target_class, batch_size: int, progress: boo
             for index in deferred:
                 conn.execute(f"DROP INDEX IF EXISTS {index}")
             known = KnownKeys(conn, target.table, with_ids=target.needs_ids)
+            # Rows taken down stay down: their keys count as present, so no ingest brings them back.
+            removed = np.fromiter((k for (k,) in conn.execute("SELECT key FROM removed_rows WHERE item = ?", (target.item,))), dtype=np.int64)
+            if len(removed):
+                known.add(removed, np.full(len(removed), -1) if known.ids is not None else None)
             try:
                 for source in opened:
                     try:

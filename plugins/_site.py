@@ -128,6 +128,11 @@ async def run(datasette, request, database, fn, tables):
         raise
 
 
+def gone(removal: dict) -> PageError:
+    """410 for a row that was taken down, with the reason and when."""
+    return PageError(410, "Removed", f"This row was removed on {removal['removed_at']}: {removal['reason']}")
+
+
 async def error_page(datasette, request, error: PageError, fmt: str | None = None):
     if fmt == "json":
         return Response.json({"ok": False, "status": error.status, "title": error.title, "error": error.message}, status=error.status)

@@ -19,6 +19,5 @@ def render_cell(value, column, table):
         return None  # Datasette escapes it as plain text
     return Markup(
         '<a class="sb-cell-link" href="{url}" rel="nofollow noreferrer noopener" target="_blank">'
-        '<img class="sb-cell-thumb" src="{url}" loading="lazy" alt="" referrerpolicy="no-referrer" '
-        'onerror="this.remove()"> {text}</a>'
+        '<img class="sb-cell-thumb" src="{url}" loading="lazy" alt="" referrerpolicy="no-referrer"> {text}</a>'
     ).format(url=url, text=escape(value))

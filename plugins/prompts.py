@@ -13,6 +13,7 @@ from datasette.utils.asgi import NotFound, Response
 from spellbook.plugins._site import (
     MAX_PAGE,
     config,
+    gone,
     int_arg,
     local_images,
     next_page_url,
@@ -21,7 +22,7 @@ from spellbook.plugins._site import (
     run,
     spellbook_database,
 )
-from spellbook.queries.reports import generation, local_image
+from spellbook.queries.reports import generation, local_image, removal_of
 from spellbook.queries.search import search_prompts
 from spellbook.text.markup import safe_url
 
@@ -88,7 +89,11 @@ def _generation_id(request) -> int:
 async def prompt_view(datasette, request):
     generation_id = _generation_id(request)
     database = await spellbook_database(datasette, "generations")
-    record = await run(datasette, request, database, lambda conn: generation(conn, generation_id), tables=PROMPT_TABLES)
+    record, removal = await run(
+        datasette, request, database, lambda conn: (generation(conn, generation_id), removal_of(conn, "generation", item_id=generation_id)), tables=PROMPT_TABLES
+    )
+    if removal is not None and record is None:
+        raise gone(removal)
     if record is None:
         raise NotFound(f"No generation {generation_id}")
     if request.url_vars.get("format") == "json":

@@ -8,7 +8,8 @@ from __future__ import annotations
 from datasette import hookimpl
 from datasette.utils.asgi import NotFound, Response
 
-from spellbook.plugins._site import page_view, run, spellbook_database
+from spellbook.plugins._site import gone, page_view, run, spellbook_database
+from spellbook.queries.reports import removal_of
 
 
 KEY_RANGE = range(-(2**63), 2**63)  # what SQLite's INTEGER holds; keys are 63-bit, so never outside
@@ -19,10 +20,13 @@ async def image_by_key(datasette, request):
     if key not in KEY_RANGE:
         raise NotFound(f"No training image has key {key}")
     database = await spellbook_database(datasette)
-    row = await run(
+    row, removal = await run(
         datasette, request, database,
-        lambda conn: conn.execute("SELECT id FROM training_images WHERE key = ?", (key,)).fetchone(), tables=["training_images"],
+        lambda conn: (conn.execute("SELECT id FROM training_images WHERE key = ?", (key,)).fetchone(), removal_of(conn, "training_image", key=key)),
+        tables=["training_images"],
     )
+    if removal is not None:
+        raise gone(removal)
     if row is None:
         raise NotFound(f"No training image has key {key}")
     return Response.redirect(datasette.urls.row(database.name, "training_images", str(row[0])))

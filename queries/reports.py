@@ -87,6 +87,18 @@ def generation(conn, generation_id: int) -> dict | None:
     return record
 
 
+def removal_of(conn, item: str, key: int | None = None, item_id: int | None = None) -> dict | None:
+    """Why a row was taken down ({"reason", "removed_at"}), if it was: its pages answer 410."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'removed_rows'").fetchone():
+        return None
+    column, value = ("key", key) if key is not None else ("item_id", item_id)
+    row = conn.execute(
+        f"SELECT r.reason, r.created_at FROM removed_rows x JOIN removals r ON r.id = x.removal WHERE x.item = ? AND x.{column} = ?",
+        (item, value),
+    ).fetchone()
+    return {"reason": row[0], "removed_at": row[1]} if row else None
+
+
 def local_image(conn, generation_id: int) -> tuple[str, str] | None:
     """(image root, path below it) of a generation's image on this machine, for serving it; the
     root never leaves the server."""
@@ -310,6 +322,7 @@ __all__ = [
     "generation_data",
     "keyword_report",
     "local_image",
+    "removal_of",
     "site_summary",
     "top_artists",
 ]

@@ -23,6 +23,7 @@ RRF_K = 60  # reciprocal rank fusion: score = sum of 1 / (RRF_K + rank) over the
 CANDIDATES = 200  # approximate hits re-scored exactly
 LOOKALIKE_SEEDS = 200  # the artist's captioned images whose neighbours are looked at
 LOOKALIKE_NEIGHBOURS = 30
+LOOKALIKE_PROBES = 8  # seeds searched on their own, beside the seeds' centroid
 QUERY_CACHE = 512
 
 
@@ -81,8 +82,8 @@ class Similarity:
                 record = store.only_model()
                 if record is None:
                     raise SimilarityUnavailable(
-                        f"{store.path} holds vectors of {len(store.models())} models; say which with --model/--pretrained"
-                        if store.models() else f"{store.path} holds no vectors yet"
+                        f"{store.path.name} holds vectors of {len(store.models())} models; say which with --model/--pretrained"
+                        if store.models() else f"{store.path.name} holds no vectors yet"
                     )
                 self._record = record
             else:
@@ -307,25 +308,34 @@ def prompt_neighbours(conn, sim: Similarity, generation_id: int, prompt: str, li
 
 def lookalikes(conn, sim: Similarity, name_match: str, limit: int = 60) -> dict:
     """Training images close to the images whose captions name the artist, but whose own captions do
-    not: each candidate scored by its best similarity to any of up to LOOKALIKE_SEEDS of the artist's
-    captioned images (spread over the collection), best first. Similarity is not proof of origin."""
-    from spellbook.queries.spread import Windows
+    not, best first. Seeds: up to LOOKALIKE_SEEDS of the artist's captioned images (spread over the
+    collection). Candidates: the neighbours of the seeds' centroid and of a few seeds (a handful of
+    index searches, whatever the number of seeds). Each candidate is then scored exactly by its best
+    similarity to any seed, and says which. Similarity is not proof of origin."""
     from spellbook.queries.search import windows_for
+    from spellbook.queries.spread import Windows
 
     fetch = fetcher(conn, TRAINING, name_match)
     spread = Windows.over(max_id(conn, TRAINING), windows_for(name_match)).sample(fetch, need=LOOKALIKE_SEEDS)
-    seeds_ids = [i for ids in spread.ids for i in ids][: LOOKALIKE_SEEDS * 2]
-    seeds = sim.store().item_vectors(sim.record(), "training_image", seeds_ids)
-    best: dict[int, tuple[float, int]] = {}
-    for seed_id, vector in seeds.items():
-        for hit in sim.nearest("training_image", vector, k=LOOKALIKE_NEIGHBOURS, exclude=seeds):
-            if hit.item_id not in best or hit.score > best[hit.item_id][0]:
-                best[hit.item_id] = (hit.score, seed_id)
-    # Leave out every image whose own caption names the artist (not only the seeds).
-    named = _matching(conn, name_match, list(best))
-    ranked = sorted(((score, item_id, seed) for item_id, (score, seed) in best.items() if item_id not in named), reverse=True)[:limit]
-    rows = rows_for(conn, TRAINING, [Hit(item_id, score) for score, item_id, _ in ranked])
-    like = {item_id: seed for _, item_id, seed in ranked}
+    seeds = sim.store().item_vectors(sim.record(), "training_image", [i for ids in spread.ids for i in ids][: LOOKALIKE_SEEDS * 2])
+    if not seeds:
+        return {"seeds": 0, "rows": []}
+    seed_ids = list(seeds)
+    matrix = np.stack([seeds[i] for i in seed_ids])
+    centroid = matrix.mean(axis=0)
+    queries = [centroid / (np.linalg.norm(centroid) or 1)] + [matrix[i] for i in range(0, len(seed_ids), max(1, len(seed_ids) // LOOKALIKE_PROBES))][:LOOKALIKE_PROBES]
+    candidates = {hit.item_id for query in queries for hit in sim.nearest("training_image", query, k=max(limit * 3, LOOKALIKE_NEIGHBOURS), exclude=seeds)}
+    named = _matching(conn, name_match, list(candidates))  # every image whose caption names the artist, not only the seeds
+    candidates = [i for i in candidates if i not in named]
+    vectors = sim.store().item_vectors(sim.record(), "training_image", candidates)
+    if not vectors:
+        return {"seeds": len(seeds), "rows": []}
+    ids = list(vectors)
+    scores = np.stack([vectors[i] for i in ids]) @ matrix.T  # each candidate against every seed
+    best, which = scores.max(axis=1), scores.argmax(axis=1)
+    order = np.argsort(-best)[:limit]
+    rows = rows_for(conn, TRAINING, [Hit(ids[k], float(best[k])) for k in order])
+    like = {ids[k]: seed_ids[which[k]] for k in order}
     for row in rows:
         row["like"] = like[row["id"]]
     return {"seeds": len(seeds), "rows": rows}

@@ -54,6 +54,8 @@ def test_site_packages_holds_one_package_with_its_data(installed):
                  "plugins/static/spellbook.css", "plugins/static/spellbook.js", "text/unicode61.json", "text/vocab/artists.txt"]:
         assert (package / data).is_file(), data
     assert not any((package / folder).exists() for folder in ("tests", "bench", "data", "docs"))
+    modules = subprocess.run([str(installed["python"]), "-c", "import importlib.util as u; print(u.find_spec('torch') is None)"], **installed["run"]).stdout
+    assert modules.strip() == "True"  # serving needs no torch: the clip and runner extras are not installed
     where = subprocess.run([str(installed["python"]), "-c", "import spellbook.queries.search as m; print(m.__file__)"], **installed["run"]).stdout
     assert where.startswith(str(package))
 
@@ -76,6 +78,7 @@ PAGES = {
     "/-/prompts?q=portrait": "sb-tile",
     "/-/artist/greg%20rutkowski": "In the training data",
     "/-/static-plugins/spellbook/spellbook.css": ".sb-tile",
+    "/-/similar?q=painting": "Similarity search is not available here",  # no torch here, and no vectors: said plainly
 }
 
 

@@ -164,6 +164,14 @@ SMOKE = {
         "/-/artist/greg%20rutkowski", "/-/artist/Simon%20Stalenhag.json", "/-/artist/greg%20rutkowski.csv?side=prompts", "/-/artist/simon%20stalenhag.csv",
     ],
     r"^/-/image/(?P<key>-?\d{1,19})$": [],  # a redirect: tests/test_site.py follows one
+    # Without vectors the similarity pages say so (and keyword search still answers): tests/test_similarity.py has them with vectors
+    r"^/-/similar(\.(?P<format>json))?$": ["/-/similar", "/-/similar?q=castle", "/-/similar.json?q=castle&mode=keywords"],
+    r"^/-/prompt/(?P<id>\d{1,19})/neighbours(\.(?P<format>json))?$": ["/-/prompt/1/neighbours.json"],
+    r"^/-/artist/(?P<name>[^/]+?)/lookalikes(\.(?P<format>json|csv))?$": ["/-/artist/greg%20rutkowski/lookalikes.json", "/-/artist/greg%20rutkowski/lookalikes.csv"],
+    # The runner's pages answer 404 unless `spellbook serve --enable-runner`: tests/test_runner_web.py
+    r"^/-/prompt/(?P<id>\d{1,19})/regenerate$": [],
+    r"^/-/regenerate/(?P<job>\d{1,19})(\.(?P<format>json))?$": [],
+    r"^/-/regenerate/(?P<job>\d{1,19})/image$": [],
 }
 
 

@@ -98,7 +98,7 @@ def test_the_registry_loads_a_model_once_and_takes_registered_ones(stand_in):
 
 
 def test_a_tiny_checkpoint_saved_to_disk_loads_back_through_open_clip(tiny_clip, tmp_path):
-    import open_clip
+    import open_clip  # tiny_clip skips without the clip extra
     import torch
 
     model = models.OpenClipModel(tiny_clip, None)
@@ -120,6 +120,7 @@ def test_a_tiny_checkpoint_saved_to_disk_loads_back_through_open_clip(tiny_clip,
 
 
 def test_an_unreachable_pretrained_tag_fails_at_once_and_clearly():
+    pytest.importorskip("open_clip")
     model = models.OpenClipModel("ViT-B-32", "laion2b_s34b_b79k")
     started = time.perf_counter()
     with pytest.raises(models.ModelError) as error:
@@ -329,6 +330,7 @@ async def test_without_vectors_the_pages_say_so_and_words_still_work(colour_db):
 
 
 async def test_with_the_clip_extra_and_no_weights_reachable_the_pages_say_so(colour_db, tmp_path):
+    pytest.importorskip("open_clip")
     """Vectors recorded as made by ViT-B-32/laion2b (as if embedded elsewhere): here the weights
     cannot be fetched, so a text query cannot be encoded, and the page says why."""
     store = VectorStore.beside(colour_db)

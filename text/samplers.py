@@ -28,6 +28,12 @@ A1111_NAMES = {
     "k_dpmpp_sde_karras": "DPM++ SDE Karras",
     "k_dpmpp_2m_sde": "DPM++ 2M SDE",
     "k_dpmpp_2m_sde_karras": "DPM++ 2M SDE Karras",
+    "k_dpmpp_2m_sde_heun": "DPM++ 2M SDE Heun",
+    "k_dpmpp_3m_sde": "DPM++ 3M SDE",
+    "k_dpmpp_3m_sde_karras": "DPM++ 3M SDE Karras",
+    "ddpm": "DDPM",
+    "deis": "DEIS",
+    "sa_solver": "SA-Solver",
     "unipc": "UniPC",
     "lcm": "LCM",
 }
@@ -46,6 +52,11 @@ DIFFUSIONDB_CODES = {
 
 # Other spellings seen in the wild (A1111 text, ComfyUI node inputs, Fooocus, InvokeAI), lower-cased.
 _ALIASES = {
+    "dpmpp_3m_sde": "k_dpmpp_3m_sde",
+    "dpmpp_3m_sde_gpu": "k_dpmpp_3m_sde",
+    "dpmpp_2m_sde_heun": "k_dpmpp_2m_sde_heun",
+    "dpmpp_2m_sde_heun_gpu": "k_dpmpp_2m_sde_heun",
+    "sa-solver": "sa_solver",
     "euler_a": "k_euler_ancestral",
     "euler_ancestral": "k_euler_ancestral",
     "euler": "k_euler",

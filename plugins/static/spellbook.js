@@ -6,6 +6,7 @@
     if (img && img.tagName === "IMG" && img.closest) {
       var tile = img.closest(".sb-tile");
       if (tile) tile.classList.add("sb-broken");
+      if (img.classList.contains("sb-cell-thumb")) img.remove();  // a thumbnail in Datasette's table view
     }
   }, true);
 
@@ -59,4 +60,29 @@
     }
   });
   });
+})();
+
+// The runner's job page: follow the job until it is done or failed, then show the result.
+(function () {
+  function follow() {
+    var panel = document.querySelector(".sb-regeneration[data-job-url]");
+    if (!panel || panel.getAttribute("data-status") === "done" || panel.getAttribute("data-status") === "failed") return;
+    var bar = panel.querySelector(".sb-job-progress");
+    var message = panel.querySelector(".sb-job-message");
+    var poll = function () {
+      fetch(panel.getAttribute("data-job-url"), {credentials: "same-origin", cache: "no-store"})
+        .then(function (response) { if (!response.ok) throw new Error(response.status); return response.json(); })
+        .then(function (data) {
+          var job = data.job;
+          if (job.status === "done" || job.status === "failed") { window.location.reload(); return; }
+          if (bar) bar.value = job.progress || 0;
+          if (message) message.textContent = (job.status === "queued" && data.queue_position ? "Queued behind " + data.queue_position + ": " : "") + (job.message || job.status);
+          setTimeout(poll, 700);
+        })
+        .catch(function () { setTimeout(poll, 2000); });
+    };
+    poll();
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", follow);
+  else follow();
 })();
