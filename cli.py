@@ -360,6 +360,162 @@ def regenerate_command(db, ids, query, limit, model, models_dir, lora_dir, embed
         sys.exit(1)
 
 
+@cli.command("remove")
+@click.argument("db", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--url", "urls", multiple=True, help="A training image's URL (repeatable).")
+@click.option("--key", "keys", multiple=True, help="A row's stable key (repeatable).")
+@click.option("--hash", "hashes", multiple=True, help="LAION's hash column (repeatable).")
+@click.option("--domain", "domains", multiple=True, help="Every training image of a registered domain (repeatable).")
+@click.option("--file", "files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="A file of URLs, one a line (repeatable).")
+@click.option("--not-in", "releases", multiple=True, type=click.Path(exists=True, path_type=Path), help="A newer release (Re-LAION): remove every training row it no longer has.")
+@click.option("--generation", "generations", multiple=True, type=int, help="A generation's id (repeatable).")
+@click.option("--reason", required=True, help="Why: shown on the removed rows' pages (410) and in `spellbook removals`.")
+@click.option("--by", "requested_by", default=None, help="Who asked for it.")
+def remove_command(db, urls, keys, hashes, domains, files, releases, generations, reason, requested_by):
+    """Take rows down from every surface: search, similarity, reports, counts, pages (410).
+
+    The rows are deleted with their FTS entries, vectors and counts; their keys are kept so no
+    later ingest brings them back. `spellbook publish` leaves no byte of them in the copy.
+
+    \b
+    Example:
+        spellbook remove spellbook.db --url https://example.com/a.jpg --reason "artist's request #12"
+        spellbook remove spellbook.db --not-in relaion2B-en-research-safe/ --reason "not in Re-LAION"
+    """
+    from spellbook.ingest.removals import remove, remove_missing
+
+    asked = [("url", list(urls) + [line.strip() for f in files for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]),
+             ("key", keys), ("hash", hashes), ("domain", domains)]
+    if not any(values for _, values in asked) and not releases and not generations:
+        raise click.UsageError("say what to remove: --url, --key, --hash, --domain, --file, --not-in or --generation")
+    try:
+        for kind, values in asked:
+            if values:
+                click.echo(remove(db, kind, values, reason, requested_by=requested_by).report())
+        if generations:
+            click.echo(remove(db, "id", generations, reason, item="generation", requested_by=requested_by).report())
+        if releases:
+            click.echo(remove_missing(db, releases, reason).report())
+    except InputError as error:
+        _fail(error)
+
+
+@cli.command("removals")
+@click.argument("db", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="As JSON.")
+def removals_command(db, as_json):
+    """List what was removed: what, how many rows, why, who asked, when.
+
+    \b
+    Example:
+        spellbook removals spellbook.db
+    """
+    import json
+
+    from spellbook.ingest.removals import list_removals
+
+    rows = list_removals(db)
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    for row in rows:
+        click.echo(f"{row['created_at']}  {row['kind']} {row['value']}: {row['rows_removed']:,} rows; {row['reason']}" + (f" (by {row['requested_by']})" if row["requested_by"] else ""))
+    if not rows:
+        click.echo("nothing removed")
+
+
+@cli.group()
+def publish():
+    """Publish databases as a hosted, read-only Spellbook (see README: Publishing).
+
+    \b
+    Example:
+        spellbook publish docker spellbook.db --out build/
+    """
+
+
+_PUBLISH_OPTIONS = [
+    click.argument("dbs", metavar="DB...", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)),
+    click.option("--hide-unsafe", type=click.FloatRange(0, 1), default=None, help="Leave out rows whose predicted-unsafe score is at or over this."),
+    click.option("--title", default=None, help="The site's title."),
+]
+
+
+def _publish_options(command):
+    for option in reversed(_PUBLISH_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _build(dbs, out, hide_unsafe, title):
+    from spellbook.publish import PublishError, build_context
+
+    try:
+        return build_context(list(dbs), out, hide_unsafe, title)
+    except (PublishError, InputError) as error:
+        _fail(error)
+
+
+@publish.command("docker")
+@_publish_options
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="The build context to write.")
+def publish_docker(dbs, hide_unsafe, title, out):
+    """Write a Docker build context: the published databases, an inspect file and a Dockerfile.
+
+    \b
+    Example:
+        spellbook publish docker spellbook.db --out build/ && docker build -t spellbook build/
+    """
+    built = _build(dbs, out, hide_unsafe, title)
+    click.echo(f"wrote {built['out']}: {', '.join(Path(d['path']).name for d in built['databases'])}, {built['wheel']}, Dockerfile")
+    for database in built["databases"]:
+        if database["hidden"]:
+            click.echo(f"    {database['name']}: {database['hidden']:,} rows hidden as predicted unsafe")
+
+
+@publish.command("cloudrun")
+@_publish_options
+@click.option("--service", required=True, help="The Cloud Run service.")
+@click.option("--project", default=None, help="The Google Cloud project (default: gcloud's).")
+@click.option("--region", default=None)
+@click.option("--dry-run", is_flag=True, help="Build the context and print the gcloud commands without running them.")
+def publish_cloudrun(dbs, hide_unsafe, title, service, project, region, dry_run):
+    """Build the image with Cloud Build and deploy it to Cloud Run.
+
+    \b
+    Example:
+        spellbook publish cloudrun spellbook.db --service spellbook --region europe-west1
+    """
+    _deploy("cloudrun", dbs, hide_unsafe, title, service, project, region, dry_run)
+
+
+@publish.command("fly")
+@_publish_options
+@click.option("--app", "app", required=True, help="The Fly.io app.")
+@click.option("--dry-run", is_flag=True, help="Build the context and print the flyctl command without running it.")
+def publish_fly(dbs, hide_unsafe, title, app, dry_run):
+    """Deploy to Fly.io with flyctl (a fly.toml beside the Dockerfile).
+
+    \b
+    Example:
+        spellbook publish fly spellbook.db --app my-spellbook
+    """
+    _deploy("fly", dbs, hide_unsafe, title, app, None, None, dry_run)
+
+
+def _deploy(target, dbs, hide_unsafe, title, name, project, region, dry_run):
+    from spellbook.publish import PublishError, deploy, deploy_commands, temporary_context
+
+    context = temporary_context()
+    _build(dbs, context, hide_unsafe, title)
+    try:
+        for line in deploy(deploy_commands(target, context, name, project, region), dry_run):
+            click.echo(("would run: " if dry_run else "ran: ") + line)
+    except PublishError as error:
+        _fail(error)
+    click.echo(f"build context: {context}")
+
+
 @cli.command()
 @click.argument("dbs", metavar="DB...", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True)

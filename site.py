@@ -98,6 +98,13 @@ def datasette_args(*db_paths: Path, metadata_path: Path | None = None, config_pa
     return args
 
 
+def setting_value(value) -> str:
+    """A setting as Datasette's --setting flag takes it: booleans as on/off."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
 def make_datasette(*db_paths: Path, metadata: dict | None = None, config: dict | None = None, settings: dict | None = None):
     """The same site as a Datasette object (for its ASGI client in tests and benchmarks).
 

@@ -57,6 +57,9 @@ def _targets(conn, item: str, kind: str, values: list) -> list[int]:
         return ids
     if kind == "id":
         return [int(v) for v in values]
+    if kind == "unsafe":  # predicted unsafe: LAION's punsafe, or a corpus's image NSFW score, at or over the threshold
+        column = "punsafe" if item == "training_image" else "image_nsfw"
+        return [i for (i,) in conn.execute(f"SELECT id FROM {table} WHERE {column} >= ?", (float(values[0]),))]
     column = {"url": "url" if item == "training_image" else "image_url", "hash": "hash"}.get(kind)
     if kind == "domain":
         if item != "training_image":

@@ -89,9 +89,81 @@ async def _csv(datasette, request, database, name: str, side: str):
     return AsgiStream(stream, headers=headers, content_type="text/csv; charset=utf-8")
 
 
+PRINTED_ROWS = 5_000  # the printable page lists this many; the CSV and JSON carry every row (up to EXPORT_LIMIT)
+
+
+async def evidence_view(datasette, request):
+    """An artist's evidence file: every training caption naming the artist, with the dataset and
+    version, the source file's sha256, the row's key and LAION hash, URL, caption and permalink,
+    stamped with the time of export and the Spellbook version. CSV, JSON, or a printable page."""
+    import json
+    from datetime import datetime, timezone
+
+    from spellbook import __version__
+    from spellbook.queries.reports import EVIDENCE_COLUMNS, canonical_artist, evidence_chunk
+
+    name = canonical_artist(path_text(request, "name"))
+    fmt = request.url_vars.get("format")
+    database = await spellbook_database(datasette)
+    tables = ["training_images", "domains", "datasets"]
+    stamp = {"exported_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "spellbook_version": __version__,
+             "artist": name, "site": datasette.absolute_url(request, datasette.urls.path("/"))}
+
+    def permalink(row: dict) -> str:
+        return datasette.absolute_url(request, datasette.urls.path(f"/-/image/{row['key']}"))
+
+    async def chunks(limit: int):
+        sent, after = 0, 0
+        while sent < limit:
+            want = min(limit - sent, 5_000)
+            rows = await run(datasette, request, database, lambda conn: evidence_chunk(conn, name, after, want), tables=tables)
+            if not rows:
+                return
+            yield [dict(row, permalink=permalink(row)) for row in rows]
+            sent += len(rows)
+            if len(rows) < want:
+                return
+            after = rows[-1]["id"]
+
+    columns = EVIDENCE_COLUMNS + ["permalink"]
+    slug = "".join(c if c.isalnum() else "-" for c in name)[:80]
+    if fmt in ("csv", "json"):
+        async def stream(writer):
+            if fmt == "csv":
+                # Every row carries the export's stamp, so a row copied out of the file still says where it came from
+                buffer = io.StringIO()
+                out = csv.writer(buffer)
+                out.writerow(columns + ["exported_at", "spellbook_version"])
+                async for rows in chunks(EXPORT_LIMIT):
+                    out.writerows([[row.get(c) for c in columns] + [stamp["exported_at"], stamp["spellbook_version"]] for row in rows])
+                    await writer.write(buffer.getvalue())
+                    buffer.seek(0)
+                    buffer.truncate()
+                await writer.write(buffer.getvalue())
+                return
+            await writer.write(json.dumps(stamp)[:-1] + ', "rows": [')
+            first = True
+            async for rows in chunks(EXPORT_LIMIT):
+                for row in rows:
+                    await writer.write(("" if first else ",") + json.dumps({c: row.get(c) for c in columns}, default=str))
+                    first = False
+            await writer.write("]}")
+
+        content_type = "text/csv; charset=utf-8" if fmt == "csv" else "application/json; charset=utf-8"
+        return AsgiStream(stream, headers={"content-disposition": f'attachment; filename="spellbook-evidence-{slug}.{fmt}"'}, content_type=content_type)
+    rows = [row async for part in chunks(PRINTED_ROWS + 1) for row in part]
+    return Response.html(await datasette.render_template(
+        "spellbook_evidence.html", {"stamp": stamp, "rows": rows[:PRINTED_ROWS], "more": len(rows) > PRINTED_ROWS, "limit": PRINTED_ROWS, "name": name},
+        request=request,
+    ))
+
+
 @hookimpl
 def register_routes():
-    return [(r"^/-/artist/(?P<name>[^/]+?)(\.(?P<format>json|csv))?$", page_view(artist_view))]
+    return [
+        (r"^/-/artist/(?P<name>[^/]+?)(\.(?P<format>json|csv))?$", page_view(artist_view)),
+        (r"^/-/artist/(?P<name>[^/]+?)/evidence(\.(?P<format>json|csv))?$", page_view(evidence_view)),
+    ]
 
 
 @hookimpl

@@ -276,6 +276,26 @@ def artist_export_size(conn, name: str, side: str) -> int:
     return count_matches(conn, match, EXPORT_LIMIT) if match else 0
 
 
+EVIDENCE_COLUMNS = ["id", "key", "laion_hash", "url", "caption", "domain", "aesthetic_score", "punsafe", "dataset", "dataset_version", "source_sha256", "synthetic"]
+
+
+def evidence_chunk(conn, name: str, after: int = 0, limit: int = EXPORT_CHUNK) -> list[dict]:
+    """The next rows of an artist's evidence file, in id order after `after`: every training caption
+    that names the artist, with where it came from (the file, its format and sha256) and its
+    identities (the stable key, LAION's own hash)."""
+    match = fts_query(f'"{canonical_artist(name)}"')
+    if match is None:
+        return []
+    rows = conn.execute(
+        """SELECT t.id, t.key, t.hash, t.url, t.caption, d.domain, t.aesthetic_score, t.punsafe, s.file_name, s.schema_version, s.sha256, s.synthetic
+           FROM (SELECT rowid FROM training_images_fts WHERE training_images_fts MATCH ? AND rowid > ? ORDER BY rowid LIMIT ?) h
+           JOIN training_images t ON t.id = h.rowid LEFT JOIN domains d ON d.id = t.domain_id LEFT JOIN datasets s ON s.id = t.dataset_id
+           ORDER BY t.id""",
+        (match, after, limit),
+    ).fetchall()
+    return [dict(zip(EVIDENCE_COLUMNS, row)) for row in rows]
+
+
 def artist_export_chunk(conn, name: str, side: str, after: int = 0, limit: int = EXPORT_CHUNK) -> list[tuple]:
     """The next rows of an artist's export, in id order after id `after`: training captions that
     mention the name, or prompts that use it (side="prompts"). Each chunk is its own short query."""
@@ -317,6 +337,7 @@ __all__ = [
     "SearchResult",
     "artist_export_chunk",
     "artist_export_size",
+    "evidence_chunk",
     "artist_report",
     "generation",
     "generation_data",

@@ -98,8 +98,9 @@ class Server:
     """`spellbook serve DB` (or another serving command) on a free loopback port, stopped at the end
     of the test. `command` is the program and its arguments before `--port`."""
 
-    def __init__(self, db: Path | None = None, command: list[str] | None = None, cwd: Path | None = None, env: dict | None = None):
-        self.port = free_port()
+    def __init__(self, db: Path | None = None, command: list[str] | None = None, cwd: Path | None = None, env: dict | None = None, port: int | None = None):
+        """With `port`, the command already names the port (it is not appended)."""
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         if command is None:
             command = [*self.spellbook(), "serve", str(db)]
@@ -109,7 +110,7 @@ class Server:
 
         self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
-            [*command, "--port", str(self.port)],
+            command if port else [*command, "--port", str(self.port)],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             cwd=cwd,

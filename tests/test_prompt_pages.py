@@ -163,6 +163,7 @@ SMOKE = {
     r"^/-/artist/(?P<name>[^/]+?)(\.(?P<format>json|csv))?$": [
         "/-/artist/greg%20rutkowski", "/-/artist/Simon%20Stalenhag.json", "/-/artist/greg%20rutkowski.csv?side=prompts", "/-/artist/simon%20stalenhag.csv",
     ],
+    r"^/-/artist/(?P<name>[^/]+?)/evidence(\.(?P<format>json|csv))?$": ["/-/artist/greg%20rutkowski/evidence", "/-/artist/greg%20rutkowski/evidence.json", "/-/artist/greg%20rutkowski/evidence.csv"],
     r"^/-/image/(?P<key>-?\d{1,19})$": [],  # a redirect: tests/test_site.py follows one
     # Without vectors the similarity pages say so (and keyword search still answers): tests/test_similarity.py has them with vectors
     r"^/-/similar(\.(?P<format>json))?$": ["/-/similar", "/-/similar?q=castle", "/-/similar.json?q=castle&mode=keywords"],

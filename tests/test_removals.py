@@ -118,3 +118,15 @@ def test_a_removal_needs_a_reason_and_leaves_nothing_half_done(site_db):
     with pytest.raises(InputError):
         remove(db, "hash", ["1"], "x", item="generation")
     assert query(db, "SELECT count(*) FROM removals") == [(0,)] and query(db, "SELECT count(*) FROM training_images")[0][0] == len(TRAINING)
+
+
+async def test_datasettes_own_row_page_of_a_removed_row_answers_410(site_db):
+    db, _ = site_db
+    (victim_id,), = query(db, "SELECT id FROM training_images WHERE url = ?", (url(2),))
+    remove(db, "url", [url(2)], "court order 2026-11")
+    ds = spellbook_datasette(db)
+    for path in (f"/{db.stem}/training_images/{victim_id}", f"/{db.stem}/training_images/{victim_id}.json"):
+        response = await ds.client.get(path)
+        assert response.status_code == 410 and "court order 2026-11" in response.text, path
+        assert "content-security-policy" in response.headers
+    assert (await ds.client.get(f"/{db.stem}/training_images/999999")).status_code == 404  # never there: still 404

@@ -192,3 +192,17 @@ async def test_every_plugin_hook_is_registered(datasette):
     assert sum(1 for p in plugins if p["static"]) == 1 and sum(1 for p in plugins if p["templates"]) == 1
     await get(datasette, "/-/image/12345", status=404)
     await get(datasette, "/-/static-plugins/spellbook/spellbook.js")
+
+
+async def test_every_response_carries_the_security_headers(datasette):
+    from spellbook.plugins.hosting import script_hashes
+
+    for path in ["/", "/-/search?q=cat", "/-/domains.json", "/spellbook/training_images", "/-/static-plugins/spellbook/spellbook.css", "/-/nope"]:
+        response = await datasette.client.get(path)
+        csp = response.headers["content-security-policy"]
+        assert "script-src 'self' 'sha256-" in csp and "'unsafe-inline'" not in csp.split("script-src")[1].split(";")[0]
+        assert "frame-ancestors 'none'" in csp and "object-src 'none'" in csp
+        assert response.headers["x-content-type-options"] == "nosniff" and response.headers["referrer-policy"] == "no-referrer"
+    assert len(script_hashes()) >= 3  # Datasette's own inline scripts, by hash
+    static = await datasette.client.get("/-/static-plugins/spellbook/spellbook.js")
+    assert static.headers["cache-control"] == "public, max-age=3600"

@@ -1,4 +1,4 @@
-// Spellbook: broken-image placeholders, click-to-reveal blurred tiles, copy buttons.
+// Spellbook: broken-image placeholders, click-to-reveal blurred tiles, copy and print buttons.
 (function () {
   // An image that fails to load (hotlinked sites go away) shows its domain instead.
   document.addEventListener("error", function (event) {
@@ -15,6 +15,10 @@
     if (frame) {
       event.preventDefault();
       frame.closest(".sb-tile").classList.remove("sb-blurred");
+      return;
+    }
+    if (event.target.closest && event.target.closest(".sb-print")) {
+      window.print();
       return;
     }
     var button = event.target.closest && event.target.closest("[data-copy-target]");
