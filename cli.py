@@ -360,6 +360,51 @@ def regenerate_command(db, ids, query, limit, model, models_dir, lora_dir, embed
         sys.exit(1)
 
 
+@cli.command("check-optout")
+@click.argument("db", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--sample", type=click.IntRange(1), default=None, help="Check this many images picked at random (default: every image not checked yet).")
+@click.option("--domain", default=None, help="Only images from this registered domain.")
+@click.option("--recheck", is_flag=True, help="Also images checked before (their result is replaced).")
+@click.option("--max-age-days", type=click.FloatRange(0), default=7.0, show_default=True, help="Re-read a site's ai.txt and tdmrep.json when older than this.")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=16, show_default=True)
+@click.option("--timeout", "total_timeout", type=click.FloatRange(0.5), default=15.0, show_default=True, help="Seconds for one URL (its redirects included).")
+@click.option("--retries", type=click.IntRange(0, 5), default=1, show_default=True)
+@click.option("--spawning-key", envvar="SPAWNING_OPTS_KEY", default=None, help="A Spawning API key: also ask its Do-Not-Train registry (env SPAWNING_OPTS_KEY).")
+@click.option("--spawning-url", default=None, help="The registry's bulk endpoint (default: Spawning's).")
+@click.option("--allow-network", "networks", multiple=True, help="A private network the checks may reach (a local mirror), e.g. 10.1.2.0/24 (repeatable).")
+@click.option("--seed", type=int, default=None, help="Seed of the random sample.")
+def check_optout_command(db, sample, domain, recheck, max_age_days, concurrency, total_timeout, retries, spawning_key, spawning_url, networks, seed):
+    """Check whether images' owners opted out of AI training, and store what was found.
+
+    Per image URL: the X-Robots-Tag header (noai, noimageai), TDMRep (the tdm-reservation
+    header and the site's /.well-known/tdmrep.json), the site's /ai.txt; with --spawning-key,
+    the Spawning Do-Not-Train registry. Requests are bounded (timeouts, size, retries) and never
+    go to a private address. Results show on the pages (an "opted out" badge and filter, /-/optout).
+
+    \b
+    Example:
+        spellbook check-optout spellbook.db --sample 1000
+        spellbook check-optout spellbook.db --domain deviantart.net
+    """
+    from spellbook.embeddings.fetch import FetchLimits
+    from spellbook.ingest.optout import SPAWNING_URL, check_optout
+
+    try:
+        limits = FetchLimits(concurrency=concurrency, total_timeout=total_timeout, retries=retries, allowed_networks=tuple(networks))
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--allow-network") from None
+
+    def progress(done, total):
+        click.echo(f"  {done:,} / {total:,}", err=True)
+
+    try:
+        summary = check_optout(db, sample=sample, domain=domain, limits=limits, spawning_key=spawning_key,
+                               spawning_url=spawning_url or SPAWNING_URL, recheck=recheck, max_age_days=max_age_days, seed=seed, progress=progress)
+    except InputError as error:
+        _fail(error)
+    click.echo(summary.report())
+
+
 @cli.command("remove")
 @click.argument("db", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--url", "urls", multiple=True, help="A training image's URL (repeatable).")
@@ -403,13 +448,60 @@ def remove_command(db, urls, keys, hashes, domains, files, releases, generations
 @cli.command("removals")
 @click.argument("db", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="As JSON.")
-def removals_command(db, as_json):
+@click.option("--requests", "requests_db", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A removal-requests database (what a hosted site's /-/request-removal form stored): list its requests.")
+@click.option("--status", type=click.Choice(["pending", "applied", "rejected"]), default=None, help="With --requests: only those.")
+@click.option("--apply", "apply_id", type=click.IntRange(1), default=None, help="With --requests: remove what request ID asks for from DB, and mark it applied.")
+@click.option("--reject", "reject_id", type=click.IntRange(1), default=None, help="With --requests: mark request ID rejected.")
+@click.option("--by", "decided_by", default=None, help="With --apply or --reject: who decided.")
+@click.option("--reason", default=None, help="With --apply: the reason the removed rows' pages show (default: the requester's).")
+def removals_command(db, as_json, requests_db, status, apply_id, reject_id, decided_by, reason):
     """List what was removed: what, how many rows, why, who asked, when.
+
+    With --requests, list the removal requests a hosted site's form stored instead, and apply
+    (--apply ID: a `spellbook remove` on DB) or reject (--reject ID) one of them. Apply them to
+    the source database, then publish again.
 
     \b
     Example:
         spellbook removals spellbook.db
+        spellbook removals spellbook.db --requests removal-requests.db --status pending
+        spellbook removals spellbook.db --requests removal-requests.db --apply 12 --by alice
     """
+    import json
+
+    if requests_db is None:
+        if apply_id or reject_id or status:
+            raise click.UsageError("--apply, --reject and --status need --requests REQUESTS_DB")
+        _list_removals(db, as_json)
+        return
+    from spellbook.ingest.removal_requests import RequestError, apply_request, list_requests, reject_request
+
+    if apply_id and reject_id:
+        raise click.UsageError("--apply or --reject, not both")
+    try:
+        if apply_id:
+            request, summary = apply_request(requests_db, db, apply_id, by=decided_by, reason=reason)
+            click.echo(json.dumps(request, indent=1) if as_json else f"request #{request['id']} applied: {summary.report()}")
+            return
+        if reject_id:
+            request = reject_request(requests_db, reject_id, by=decided_by)
+            click.echo(json.dumps(request, indent=1) if as_json else f"request #{request['id']} rejected")
+            return
+        rows = list_requests(requests_db, status)
+    except (RequestError, InputError) as error:
+        _fail(error)
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    for row in rows:
+        click.echo(f"#{row['id']}  {row['created_at']}  [{row['status']}]  {row['kind']} {row['value']}: {row['reason']}"
+                   + (f" (contact: {row['contact']})" if row["contact"] else ""))
+    if not rows:
+        click.echo("no requests" + (f" {status}" if status else ""))
+
+
+def _list_removals(db, as_json):
     import json
 
     from spellbook.ingest.removals import list_removals
@@ -438,6 +530,8 @@ _PUBLISH_OPTIONS = [
     click.argument("dbs", metavar="DB...", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)),
     click.option("--hide-unsafe", type=click.FloatRange(0, 1), default=None, help="Leave out rows whose predicted-unsafe score is at or over this."),
     click.option("--title", default=None, help="The site's title."),
+    click.option("--removal-requests", "removal_requests", default=None, metavar="PATH_IN_CONTAINER",
+                 help="Turn on the /-/request-removal form, storing requests in this file on a mounted volume (off by default)."),
 ]
 
 
@@ -447,11 +541,11 @@ def _publish_options(command):
     return command
 
 
-def _build(dbs, out, hide_unsafe, title):
+def _build(dbs, out, hide_unsafe, title, removal_requests=None):
     from spellbook.publish import PublishError, build_context
 
     try:
-        return build_context(list(dbs), out, hide_unsafe, title)
+        return build_context(list(dbs), out, hide_unsafe, title, removal_requests=removal_requests)
     except (PublishError, InputError) as error:
         _fail(error)
 
@@ -459,14 +553,14 @@ def _build(dbs, out, hide_unsafe, title):
 @publish.command("docker")
 @_publish_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="The build context to write.")
-def publish_docker(dbs, hide_unsafe, title, out):
+def publish_docker(dbs, hide_unsafe, title, removal_requests, out):
     """Write a Docker build context: the published databases, an inspect file and a Dockerfile.
 
     \b
     Example:
         spellbook publish docker spellbook.db --out build/ && docker build -t spellbook build/
     """
-    built = _build(dbs, out, hide_unsafe, title)
+    built = _build(dbs, out, hide_unsafe, title, removal_requests)
     click.echo(f"wrote {built['out']}: {', '.join(Path(d['path']).name for d in built['databases'])}, {built['wheel']}, Dockerfile")
     for database in built["databases"]:
         if database["hidden"]:
@@ -479,35 +573,35 @@ def publish_docker(dbs, hide_unsafe, title, out):
 @click.option("--project", default=None, help="The Google Cloud project (default: gcloud's).")
 @click.option("--region", default=None)
 @click.option("--dry-run", is_flag=True, help="Build the context and print the gcloud commands without running them.")
-def publish_cloudrun(dbs, hide_unsafe, title, service, project, region, dry_run):
+def publish_cloudrun(dbs, hide_unsafe, title, removal_requests, service, project, region, dry_run):
     """Build the image with Cloud Build and deploy it to Cloud Run.
 
     \b
     Example:
         spellbook publish cloudrun spellbook.db --service spellbook --region europe-west1
     """
-    _deploy("cloudrun", dbs, hide_unsafe, title, service, project, region, dry_run)
+    _deploy("cloudrun", dbs, hide_unsafe, title, service, project, region, dry_run, removal_requests)
 
 
 @publish.command("fly")
 @_publish_options
 @click.option("--app", "app", required=True, help="The Fly.io app.")
 @click.option("--dry-run", is_flag=True, help="Build the context and print the flyctl command without running it.")
-def publish_fly(dbs, hide_unsafe, title, app, dry_run):
+def publish_fly(dbs, hide_unsafe, title, removal_requests, app, dry_run):
     """Deploy to Fly.io with flyctl (a fly.toml beside the Dockerfile).
 
     \b
     Example:
         spellbook publish fly spellbook.db --app my-spellbook
     """
-    _deploy("fly", dbs, hide_unsafe, title, app, None, None, dry_run)
+    _deploy("fly", dbs, hide_unsafe, title, app, None, None, dry_run, removal_requests)
 
 
-def _deploy(target, dbs, hide_unsafe, title, name, project, region, dry_run):
+def _deploy(target, dbs, hide_unsafe, title, name, project, region, dry_run, removal_requests=None):
     from spellbook.publish import PublishError, deploy, deploy_commands, temporary_context
 
     context = temporary_context()
-    _build(dbs, context, hide_unsafe, title)
+    _build(dbs, context, hide_unsafe, title, removal_requests)
     try:
         for line in deploy(deploy_commands(target, context, name, project, region), dry_run):
             click.echo(("would run: " if dry_run else "ran: ") + line)
@@ -526,7 +620,9 @@ def _deploy(target, dbs, hide_unsafe, title, name, project, region, dry_run):
 @click.option("--model", "model_name", default=None, help="The model that encodes similarity queries (default: the one the vectors were made with).")
 @click.option("--pretrained", default=None, help="Its open_clip pretrained tag or checkpoint file.")
 @click.option("--enable-runner", is_flag=True, help="Regenerate button and queue on prompt pages, with a worker on this machine (never on a published instance).")
-def serve(dbs, host, port, metadata_path, config_path, local_images, model_name, pretrained, enable_runner):
+@click.option("--removal-requests", "removal_requests", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Turn on the /-/request-removal form, storing requests in this file (created if missing; never one of DB...).")
+def serve(dbs, host, port, metadata_path, config_path, local_images, model_name, pretrained, enable_runner, removal_requests):
     """Serve Spellbook databases read-only in Datasette, with Spellbook's pages.
 
     Runs `datasette serve --immutable DB ...` with Spellbook's metadata and settings; the
@@ -536,6 +632,7 @@ def serve(dbs, host, port, metadata_path, config_path, local_images, model_name,
     \b
     Example:
         spellbook serve spellbook.db --port 8001
+        spellbook serve spellbook.db --removal-requests removal-requests.db
         SPELLBOOK_MODELS_DIR=~/sd/models/Stable-diffusion spellbook serve spellbook.db --enable-runner
     """
     import os
@@ -550,6 +647,12 @@ def serve(dbs, host, port, metadata_path, config_path, local_images, model_name,
     for name, value in (("SPELLBOOK_MODEL", model_name), ("SPELLBOOK_PRETRAINED", pretrained)):
         if value:
             os.environ[name] = value
+    if removal_requests:
+        if any(removal_requests.resolve() == Path(db).resolve() for db in dbs):
+            raise click.UsageError("--removal-requests is a file of its own, not one of the databases served")
+        os.environ["SPELLBOOK_REMOVAL_REQUESTS_DB"] = str(removal_requests.resolve())
+    else:
+        os.environ.pop("SPELLBOOK_REMOVAL_REQUESTS_DB", None)
     if enable_runner:
         from spellbook.runner.serving import serve_with_worker
 

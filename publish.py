@@ -11,7 +11,8 @@ unsafe score can be hidden (removed from the copy, with the reason). The instanc
 installed from its wheel (its pages come through the entry points) and the hosted defaults:
 immutable databases with an inspect file, arbitrary SQL off (canned queries for the useful
 reports), database download off, no runner, no local images, no server-side fetching of any
-user-given URL, time limits sized for 12M rows, cache headers, and the security headers every
+user-given URL, no removal-request form unless `--removal-requests` names a file on a writable
+volume, time limits sized for 12M rows, cache headers, and the security headers every
 Spellbook response carries.
 """
 from __future__ import annotations
@@ -67,12 +68,18 @@ class PublishedDatabase:
     vectors: bool = False
 
 
-def hosted_config(names: list[str], base: dict | None = None) -> dict:
+def hosted_config(names: list[str], base: dict | None = None, removal_requests: str | None = None) -> dict:
     """datasette.yaml for a hosted instance: Spellbook's settings, the hosted defaults, SQL off,
-    the canned queries of every Spellbook database."""
+    the canned queries of every Spellbook database. The removal-request form stays off unless
+    `removal_requests` names its file, a path in the container on a writable volume (the
+    published databases stay immutable); the instance is behind its host's proxy, so the client
+    is the one X-Forwarded-For names."""
     config = json.loads(json.dumps(base or default_config()))
     config["settings"] = {**(config.get("settings") or {}), **HOSTED_SETTINGS}
-    config.setdefault("plugins", {}).setdefault("spellbook", {}).update(HOSTED_PLUGIN)
+    plugin = config.setdefault("plugins", {}).setdefault("spellbook", {})
+    plugin.update(HOSTED_PLUGIN)
+    plugin.pop("removal_requests_db", None)
+    plugin.update(removal_requests_settings(removal_requests))
     config["allow_sql"] = False
     databases = config.setdefault("databases", {})
     for name in names:
@@ -80,6 +87,15 @@ def hosted_config(names: list[str], base: dict | None = None) -> dict:
         for key, (title, sql) in CANNED.items():
             queries.setdefault(key, {"title": title, "sql": sql})
     return config
+
+
+def removal_requests_settings(path: str | None) -> dict:
+    """The plugin settings that turn the removal-request form on, or none."""
+    if not path:
+        return {}
+    if not path.startswith("/") or path.startswith("/app/"):  # /app is the image's own folder, beside the immutable databases
+        raise PublishError(f"--removal-requests {path}: give an absolute path in the container, on a mounted volume (e.g. /data/removal-requests.db)")
+    return {"removal_requests_db": path, "trust_forwarded_for": True}
 
 
 def published_copy(source: Path, target: Path, hide_unsafe: float | None = None) -> PublishedDatabase:
@@ -90,8 +106,11 @@ def published_copy(source: Path, target: Path, hide_unsafe: float | None = None)
     from spellbook.ingest.removals import remove
 
     source, target = Path(source), Path(target)
-    for stale in target.parent.glob(target.name + "*"):
-        stale.unlink()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # An earlier copy's files (the database, its WAL, its vectors and their index): publishing again replaces them
+    for pattern in (target.name + "*", vectors_path(target).name + "*", vectors_path(target).stem + ".*.index*"):
+        for stale in target.parent.glob(pattern):
+            stale.unlink()
     _vacuum_into(source, target)
     vectors = vectors_path(source)
     if vectors.exists():
@@ -168,9 +187,11 @@ def serve_command(databases: list[str], config: dict, port: str = "${PORT:-8001}
     return ["datasette", *args, "--inspect-file", "inspect.json", "--host", "0.0.0.0", "--port", port]
 
 
-def build_context(databases: list[Path], out: Path, hide_unsafe: float | None = None, title: str | None = None) -> dict:
+def build_context(databases: list[Path], out: Path, hide_unsafe: float | None = None, title: str | None = None,
+                  removal_requests: str | None = None) -> dict:
     """A Docker build context: published copies, inspect file, metadata and configuration, the
     spellbook wheel, and a Dockerfile whose CMD is serve_command()."""
+    removal_requests_settings(removal_requests)  # a bad path fails before any copying
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     published = []
@@ -180,7 +201,7 @@ def build_context(databases: list[Path], out: Path, hide_unsafe: float | None = 
         published.append(published_copy(Path(source), out / Path(source).name, hide_unsafe))
     names = [p.name for p in published]
     files = [p.path.name for p in published]
-    config = hosted_config(names)
+    config = hosted_config(names, removal_requests=removal_requests)
     metadata = site_metadata()
     if title:
         metadata["title"] = title

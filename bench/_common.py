@@ -63,3 +63,34 @@ def result_line(**figures) -> str:
     for name, value in figures.items():
         parts.append(f"{name}={value:.3f}" if isinstance(value, float) else f"{name}={value}")
     return "RESULT " + " ".join(parts)
+
+
+def reset_peak_rss(pid: int | str = "self") -> None:
+    """Reset a process's peak RSS (VmHWM) to its RSS now, so that the next peak_rss_mb() is the peak
+    of what ran since (Linux: /proc/PID/clear_refs; a no-op where it cannot be written)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb(pid: int | str = "self") -> tuple[float, float]:
+    """(peak RSS since start or the last reset_peak_rss, RSS now) of a process, in MB."""
+    hwm = rss = 0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                hwm = int(line.split()[1])
+            elif line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+    except OSError:
+        pass
+    return hwm / 1024, rss / 1024
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

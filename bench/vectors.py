@@ -716,6 +716,7 @@ def main():
     parser.add_argument("--crossover", action="store_true", help="also time exact against ivfpq from 10k rows up to 1M")
     parser.add_argument("--rebuild", action="store_true", help="rebuild indexes found in bench/cache")
     parser.add_argument("--threads", type=int, default=1, help="faiss threads in the search process (single queries)")
+    parser.add_argument("--generate-only", action="store_true", help="only write the cached vectors and their exact truth")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--design", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -743,6 +744,8 @@ def main():
         return
 
     dataset.ensure()
+    if args.generate_only:
+        return
     shape = describe(dataset)
     print(f"# {args.rows:,} x {args.dims} synthetic CLIP-like vectors: " + ", ".join(f"{k} {v:.3f}" for k, v in shape.items()), flush=True)
     truth = dataset.truth()

@@ -302,7 +302,35 @@ def _migration_5_removals(conn):
     )
 
 
-MIGRATIONS = [_migration_1_training_side, _migration_2_prompt_side, _migration_3_identities_and_images, _migration_4_term_counts, _migration_5_removals]
+def _migration_6_optout(conn):
+    """Opt-out signals (`spellbook check-optout`): what each checked image's URL and its site say
+    about AI training, and when that was checked. One row per image (its latest check) and one per
+    origin (scheme://host:port) for the site-wide files."""
+    _execute_script(
+        conn,
+        """
+        CREATE TABLE optout_origins (
+            origin TEXT PRIMARY KEY,         -- https://example.com (the port only when not the scheme's own)
+            checked_at TEXT NOT NULL,
+            tdmrep TEXT,                     -- /.well-known/tdmrep.json as served, when it parsed
+            tdmrep_status TEXT NOT NULL,     -- found, none (4xx), invalid, or how the fetch failed
+            ai_txt TEXT,                     -- /ai.txt as served
+            ai_txt_status TEXT NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE optout_checks (
+            image_id INTEGER PRIMARY KEY,    -- training_images.id
+            checked_at TEXT NOT NULL,
+            status TEXT NOT NULL,            -- ok (the image's headers were read) or how its fetch failed
+            opted_out INTEGER,               -- 1: some signal reserves it; 0: none does; NULL: nothing could be read
+            signals TEXT NOT NULL            -- JSON list of {"source", "value"[, "agent", "rule"]}
+        );
+        CREATE INDEX idx_optout_checks_opted ON optout_checks(opted_out, image_id);
+        """,
+    )
+
+
+MIGRATIONS = [_migration_1_training_side, _migration_2_prompt_side, _migration_3_identities_and_images, _migration_4_term_counts, _migration_5_removals,
+              _migration_6_optout]
 
 
 def refresh_term_counts(conn, fts: str, vocab: str) -> int:

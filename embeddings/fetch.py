@@ -8,6 +8,10 @@ private address.
         else:
             failures[result.outcome] += 1
 
+`FetchLimits(read="headers")` stops at the response's headers (what the opt-out check reads off
+an image's URL) and `read="text"` takes any body up to `max_bytes` (ai.txt, tdmrep.json); the
+same address policy, timeouts and retries hold.
+
 Every URL gives exactly one `FetchResult`, whatever happens (its `outcome` says what); nothing
 a server does raises. Results come back as they complete, not in input order.
 
@@ -78,6 +82,8 @@ OUTCOMES = (
     "too_many_redirects",
     "error",
 )
+READS = ("image", "headers", "text")
+ACCEPT = {"image": "image/*", "headers": "*/*", "text": "text/plain, application/json;q=0.9, */*;q=0.5"}
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 SNIFF_BYTES = 32  # enough for every signature sniff_image knows, AVIF's compatible brands included
 SCHEMES = ("http", "https")
@@ -99,6 +105,9 @@ class FetchLimits:
     # Networks allowed although not public (a local mirror, say), e.g. ("10.1.2.0/24",).
     allowed_networks: tuple[str, ...] = ()
     max_retry_delay: float = 10.0  # the longest wait between tries, whatever Retry-After asks
+    # What to read: "image" (the body, checked to be an image), "headers" (the final response's
+    # headers only; the body is not read) or "text" (any body up to max_bytes, e.g. ai.txt).
+    read: str = "image"
     _networks: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -108,6 +117,8 @@ class FetchLimits:
             raise ValueError("retries, max_redirects and max_bytes cannot be negative")
         if min(self.connect_timeout, self.read_timeout, self.total_timeout) <= 0:
             raise ValueError("timeouts must be positive")
+        if self.read not in READS:
+            raise ValueError(f"read must be one of {', '.join(READS)}")
         networks = tuple(ipaddress.ip_network(network, strict=False) for network in self.allowed_networks)
         object.__setattr__(self, "_networks", networks)
 
@@ -132,6 +143,7 @@ class FetchResult:
     attempts: int  # tries made; 0 when the URL was refused before any
     error: str | None  # short human-readable reason, None when ok
     data: bytes | None  # the body, only when outcome == "ok"
+    headers: dict[str, str] | None = None  # the last response's headers (lower-case names; repeated ones joined by ", ")
 
 
 class BlockedAddress(Exception):
@@ -386,13 +398,42 @@ def _check_format(body: bytearray, media_type: str) -> None:
         raise _Failure("not_image", f"{claimed} is not PNG, JPEG, GIF, WebP, AVIF, BMP or TIFF")
 
 
-async def _read_image(response: httpx.Response, result: FetchResult, limits: FetchLimits) -> None:
-    """Reads the final response's body into result.data, or raises _Failure."""
+def _check_status(response: httpx.Response) -> None:
     status = response.status_code
     if not 200 <= status < 300:
         retry = status == 429 or status >= 500
         retry_after = _retry_after(response.headers.get("retry-after")) if retry else None
         raise _Failure("http_error", f"HTTP {status}", retry=retry, retry_after=retry_after)
+
+
+async def _read_body(response: httpx.Response, result: FetchResult, limits: FetchLimits) -> None:
+    """What limits.read asks of the final response, into result.data, or raises _Failure."""
+    if limits.read == "image":
+        await _read_image(response, result, limits)
+        return
+    _check_status(response)
+    if limits.read == "headers":
+        result.data = b""
+        return
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise _Failure("error", f"compressed body (Content-Encoding: {encoding})")
+    declared = _content_length(response)
+    if declared is not None and declared > limits.max_bytes:
+        raise _Failure("too_large", f"Content-Length {declared:,} is over {limits.max_bytes:,} bytes")
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        if len(body) + len(chunk) > limits.max_bytes:
+            result.bytes = len(body) + len(chunk)
+            raise _Failure("too_large", f"body over {limits.max_bytes:,} bytes")
+        body += chunk
+        result.bytes = len(body)
+    result.data = bytes(body)
+
+
+async def _read_image(response: httpx.Response, result: FetchResult, limits: FetchLimits) -> None:
+    """Reads the final response's body into result.data, or raises _Failure."""
+    _check_status(response)
     media_type = (result.content_type or "").split(";")[0].strip().lower()
     # No content type at all is read as application/octet-stream (RFC 9110 8.3): sniffed.
     if not (media_type.startswith("image/") or media_type in ("application/octet-stream", "")):
@@ -427,10 +468,12 @@ async def _follow(run: _Run, url: httpx.URL, result: FetchResult) -> None:
         host, addresses = await _resolve(url, run)
         try:
             with _pinned(host, addresses):
-                async with run.client.stream("GET", url, headers=HEADERS, timeout=_timeouts(limits), follow_redirects=False) as response:
+                headers = HEADERS if limits.read == "image" else {**HEADERS, "Accept": ACCEPT[limits.read]}
+                async with run.client.stream("GET", url, headers=headers, timeout=_timeouts(limits), follow_redirects=False) as response:
                     result.status = response.status_code
                     result.content_type = response.headers.get("content-type")
-                    await _read_image(response, result, limits)
+                    result.headers = dict(response.headers.items())
+                    await _read_body(response, result, limits)
                     return
         except _Redirect as redirect:
             result.status = redirect.status
@@ -506,7 +549,7 @@ async def _fetch_one(run: _Run, item_id: Any, url: Any) -> FetchResult:
     else:
         while True:
             result.attempts += 1
-            result.final_url, result.status, result.content_type, result.bytes = None, None, None, 0
+            result.final_url, result.status, result.content_type, result.bytes, result.headers = None, None, None, 0, None
             failure = await _try(run, parsed, result)
             if failure is None:
                 result.outcome, result.error = "ok", None
@@ -617,12 +660,19 @@ def fetch_images(items: Iterable[tuple[int, str]], limits: FetchLimits = FetchLi
     task = loop.create_task(serve())
 
     def run():
+        # The loop lives and ends on this thread: the caller may be inside an event loop of its own
+        # (an async test, a server), where run_until_complete on the caller's thread would refuse.
         try:
             loop.run_until_complete(task)
         except BaseException as exc:  # handed to the caller's thread
             crashed.append(exc)
         finally:
-            ready.put(_END)
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(loop.shutdown_default_executor())
+            finally:
+                loop.close()
+                ready.put(_END)
 
     thread = threading.Thread(target=run, name="spellbook-fetch", daemon=True)
     thread.start()
@@ -635,7 +685,10 @@ def fetch_images(items: Iterable[tuple[int, str]], limits: FetchLimits = FetchLi
                     exhausted = True
                 else:
                     item, outstanding = _as_item(item), outstanding + 1
-                loop.call_soon_threadsafe(todo.put_nowait, item)
+                try:
+                    loop.call_soon_threadsafe(todo.put_nowait, item)
+                except RuntimeError:  # the loop has ended (it crashed): its _END is on the way
+                    exhausted = True
                 continue
             result = ready.get()
             if result is _END:
@@ -647,8 +700,8 @@ def fetch_images(items: Iterable[tuple[int, str]], limits: FetchLimits = FetchLi
             raise crashed[0]
     finally:
         if thread.is_alive():
-            loop.call_soon_threadsafe(task.cancel)
+            try:
+                loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # closed in the meantime
+                pass
             thread.join()
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.run_until_complete(loop.shutdown_default_executor())
-        loop.close()

@@ -473,7 +473,8 @@ def _write_batch(conn, target, known: KnownKeys, batch: "PreparedBatch", dataset
         )
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # a failed COMMIT (disk full, I/O error) has already rolled back
+            conn.execute("ROLLBACK")
         target.forget_uncommitted()
         raise
     if new_keys is not None:
@@ -616,19 +617,36 @@ def _ingest(db_path: Path, sources, target_class, batch_size: int, progress: boo
             removed = np.fromiter((k for (k,) in conn.execute("SELECT key FROM removed_rows WHERE item = ?", (target.item,))), dtype=np.int64)
             if len(removed):
                 known.add(removed, np.full(len(removed), -1) if known.ids is not None else None)
+            storage_error = None
             try:
                 for source in opened:
                     try:
                         summary.files.append(_ingest_source(conn, source, target, known, batch_size, progress, options, **read_options))
                     except InputError as error:
                         summary.files.append(FileSummary(path=error.path, error=str(error)))
+            except Exception as error:
+                if not _out_of_storage(error):
+                    raise
+                storage_error = error
             finally:
-                # The sorter may use both cores: 24.5 s -> 19 s for the key index at 12.1M rows.
-                conn.execute(f"PRAGMA threads={min(4, os.cpu_count() or 1)}")
-                # Every deferred index, not only those dropped here: a killed earlier run may have left one out.
-                for index, columns in schema.DEFERRED_INDEXES[target.table].items():
-                    unique = "UNIQUE " if columns.endswith("(key)") else ""
-                    conn.execute(f"CREATE {unique}INDEX IF NOT EXISTS {index} ON {columns}")
+                try:
+                    # The sorter may use both cores: 24.5 s -> 19 s for the key index at 12.1M rows.
+                    conn.execute(f"PRAGMA threads={min(4, os.cpu_count() or 1)}")
+                    # Every deferred index, not only those dropped here: a killed earlier run may have left one out.
+                    for index, columns in schema.DEFERRED_INDEXES[target.table].items():
+                        unique = "UNIQUE " if columns.endswith("(key)") else ""
+                        conn.execute(f"CREATE {unique}INDEX IF NOT EXISTS {index} ON {columns}")
+                except Exception as error:
+                    if not _out_of_storage(error):
+                        raise
+                    storage_error = storage_error or error  # the next ingest builds them
+            if storage_error is not None:
+                raise InputError(
+                    db_path,
+                    f"cannot write the database ({storage_error}; is the disk full?). Every batch written before this one "
+                    "is kept whole and nothing of this one was written. Free some space and run the same command again: "
+                    "it carries on where it stopped.",
+                )
             if any(not f.error for f in summary.files):
                 from spellbook.ingest.artists import refresh_artists
 
@@ -641,6 +659,12 @@ def _ingest(db_path: Path, sources, target_class, batch_size: int, progress: boo
             conn.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _out_of_storage(error: BaseException) -> bool:
+    """SQLite could not write: the disk (or the process's file size limit) is full, or the write failed."""
+    text = str(error).lower()
+    return type(error).__name__ == "OperationalError" and ("disk is full" in text or "disk i/o error" in text)
 
 
 def ingest_training_files(db_path: Path, paths, min_aesthetic: float | None = None, batch_size: int = 50_000, progress: bool = False) -> Summary:

@@ -83,6 +83,7 @@ def _delete_training(conn, ids: list[int], removal: int) -> int:
         rows = conn.execute(f"SELECT id, key, caption, url, domain_id FROM training_images WHERE id IN ({marks})", part).fetchall()
         conn.executemany(f"INSERT INTO {schema.TRAINING_FTS}({schema.TRAINING_FTS}, rowid, caption) VALUES ('delete', ?, ?)", [(r[0], r[2]) for r in rows])
         conn.execute(f"DELETE FROM training_images WHERE id IN ({marks})", part)
+        conn.execute(f"DELETE FROM optout_checks WHERE image_id IN ({marks})", part)
         for domain_id, n in Counter(r[4] for r in rows if r[4] is not None).items():
             conn.execute("UPDATE domains SET image_count = image_count - ? WHERE id = ?", (n, domain_id))
         conn.executemany("INSERT OR IGNORE INTO removed_rows(item, key, item_id, url_hash, removal) VALUES ('training_image', ?, ?, ?, ?)",

@@ -29,6 +29,28 @@ class PageError(Exception):
         self.status, self.title, self.message = status, title, message
 
 
+def check_same_site(request, form, stale: str) -> None:
+    """A form post only from a page of this site. Datasette 1.0 checks Sec-Fetch-Site and Origin
+    itself (its token is no longer a cookie); 0.65's CSRF middleware (asgi-csrf) lets a request
+    without any cookie through, so there the form's token must equal the ds_csrftoken cookie. On
+    both, a browser's Origin and Sec-Fetch-Site, when sent, must say this site; `Origin: null`
+    (a sandboxed frame, or a page with no referrer policy to spare) only with Sec-Fetch-Site
+    same-origin. `stale` says what to do when the token is missing or old."""
+    origin = request.headers.get("origin")
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site not in (None, "same-origin", "none"):
+        raise PageError(403, "Not from this site", "This form was posted from another site.")
+    if origin == "null":
+        if fetch_site != "same-origin":
+            raise PageError(403, "Not from this site", "This form was posted from another site.")
+    elif origin and urllib.parse.urlparse(origin).netloc != request.headers.get("host", ""):
+        raise PageError(403, "Not from this site", "This form was posted from another site.")
+    if not datasette_1():
+        token = form.get("csrftoken") or ""
+        if not token or token != request.cookies.get("ds_csrftoken"):
+            raise PageError(403, "Not from this site", stale)
+
+
 def config(datasette) -> dict:
     """Spellbook's settings: the packaged datasette.yaml's, overridden by the site's own (a 1.0
     site's datasette.yaml, or a `plugins:` block in a 0.65 site's metadata)."""
@@ -76,6 +98,11 @@ def int_arg(request, name: str, default: int, low: int, high: int) -> int:
     except ValueError:
         return default
     return max(low, min(high, value))
+
+
+def flag_arg(request, name: str) -> bool:
+    """A yes/no argument: 1, yes, on or true is yes; anything else (or none) is no."""
+    return (request.args.get(name) or "").strip().lower() in ("1", "yes", "on", "true")
 
 
 def local_images(datasette) -> bool:
@@ -134,12 +161,13 @@ def gone(removal: dict) -> PageError:
 
 
 async def error_page(datasette, request, error: PageError, fmt: str | None = None):
+    headers = {"Retry-After": "30"} if error.status == 503 else None
     if fmt == "json":
-        return Response.json({"ok": False, "status": error.status, "title": error.title, "error": error.message}, status=error.status)
+        return Response.json({"ok": False, "status": error.status, "title": error.title, "error": error.message}, status=error.status, headers=headers)
     return Response.html(
         await datasette.render_template("spellbook_error.html", {"error": error}, request=request),
         status=error.status,
-        headers={"Retry-After": "30"} if error.status == 503 else None,
+        headers=headers,
     )
 
 

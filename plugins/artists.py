@@ -13,7 +13,7 @@ from datasette import hookimpl
 from datasette.utils.asgi import AsgiStream, Response
 
 from spellbook.plugins._charts import bars, line_chart
-from spellbook.plugins._site import PageError, page_view, path_text, run, spellbook_database
+from spellbook.plugins._site import PageError, flag_arg, page_view, path_text, run, spellbook_database
 from spellbook.queries.reports import (
     EXPORT_CHUNK,
     EXPORT_LIMIT,
@@ -34,7 +34,8 @@ async def artist_view(datasette, request):
     fmt = request.url_vars.get("format")
     if fmt == "csv":
         return await _csv(datasette, request, database, name, request.args.get("side", "training"))
-    report = await run(datasette, request, database, lambda conn: artist_report(conn, name), tables=ARTIST_TABLES)
+    opted_out = flag_arg(request, "opted_out")
+    report = await run(datasette, request, database, lambda conn: artist_report(conn, name, opted_out), tables=ARTIST_TABLES)
     if fmt == "json":
         return Response.json(report, default=str)
     days = report["prompts"]["days"]
@@ -100,14 +101,15 @@ async def evidence_view(datasette, request):
     from datetime import datetime, timezone
 
     from spellbook import __version__
-    from spellbook.queries.reports import EVIDENCE_COLUMNS, canonical_artist, evidence_chunk
+    from spellbook.queries.reports import EVIDENCE_COLUMNS, EVIDENCE_OPTOUT_COLUMNS, canonical_artist, evidence_chunk
 
     name = canonical_artist(path_text(request, "name"))
     fmt = request.url_vars.get("format")
+    opted_out = flag_arg(request, "opted_out")
     database = await spellbook_database(datasette)
     tables = ["training_images", "domains", "datasets"]
     stamp = {"exported_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "spellbook_version": __version__,
-             "artist": name, "site": datasette.absolute_url(request, datasette.urls.path("/"))}
+             "artist": name, "opted_out_only": opted_out, "site": datasette.absolute_url(request, datasette.urls.path("/"))}
 
     def permalink(row: dict) -> str:
         return datasette.absolute_url(request, datasette.urls.path(f"/-/image/{row['key']}"))
@@ -116,7 +118,7 @@ async def evidence_view(datasette, request):
         sent, after = 0, 0
         while sent < limit:
             want = min(limit - sent, 5_000)
-            rows = await run(datasette, request, database, lambda conn: evidence_chunk(conn, name, after, want), tables=tables)
+            rows = await run(datasette, request, database, lambda conn: evidence_chunk(conn, name, after, want, opted_out), tables=tables)
             if not rows:
                 return
             yield [dict(row, permalink=permalink(row)) for row in rows]
@@ -125,7 +127,7 @@ async def evidence_view(datasette, request):
                 return
             after = rows[-1]["id"]
 
-    columns = EVIDENCE_COLUMNS + ["permalink"]
+    columns = EVIDENCE_COLUMNS + EVIDENCE_OPTOUT_COLUMNS + ["permalink"]
     slug = "".join(c if c.isalnum() else "-" for c in name)[:80]
     if fmt in ("csv", "json"):
         async def stream(writer):

@@ -2,11 +2,13 @@
 
 - Security headers on every response: a Content-Security-Policy that lets no script run but files
   from this site and the inline scripts Datasette's own templates hold (by their sha256), no
-  framing, no referrer, no MIME sniffing.
+  framing, no referrer to other sites, no MIME sniffing.
 - Cache headers: static files for an hour; Spellbook's pages for `cache_ttl` seconds when the
   setting says so (a published instance's databases never change, so its pages can be cached).
 - Removed rows: Datasette's own row pages of a training image or generation that was taken down
-  answer 410 with the reason, like Spellbook's pages, rather than 404.
+  answer 410 with the reason, like Spellbook's pages, rather than 404 (as JSON on the .json twin).
+- A hostile `?_sort=` on Datasette's table pages (a column that is not there, or not sortable)
+  answers 400 with Datasette's own escaped message, not the 500 that 0.65 gives it.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from importlib import resources
 from datasette import hookimpl
 
 _ROW_PAGE = re.compile(r"^/(?P<db>[^/]+)/(?P<table>training_images|generations)/(?P<id>\d{1,19})(?:\.json)?$")
+_TABLE_PAGE = re.compile(r"^/[^/]+/[^/]+$")
+_BAD_SORT = b"Cannot sort table by"
 
 
 @lru_cache(maxsize=1)
@@ -51,7 +55,10 @@ def content_security_policy() -> str:
 
 SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    # Not "no-referrer": with it Chromium sends `Origin: null` on a form post to this very site, and
+    # the same-site checks of the forms (runner, removal requests) cannot tell it from a sandboxed
+    # frame. "same-origin" still sends nothing to other sites.
+    "referrer-policy": "same-origin",
     "x-frame-options": "DENY",
     "permissions-policy": "camera=(), microphone=(), geolocation=(), interest-cohort=()",
     "cross-origin-opener-policy": "same-origin",
@@ -65,6 +72,14 @@ def _headers(path: str, ttl: int) -> list[tuple[bytes, bytes]]:
     elif ttl and path.startswith("/-/") and not path.startswith(("/-/prompt/", "/-/similar")) or ttl and path == "/":
         headers["cache-control"] = f"public, max-age={ttl}"
     return [(name.encode(), value.encode()) for name, value in headers.items()]
+
+
+def _with_headers(headers, extra) -> list:
+    """A response's headers plus the site's: a page's own Cache-Control or CSP stays, but the
+    referrer policy is the site's everywhere (Datasette's table pages set `no-referrer`)."""
+    kept = [(name, value) for name, value in headers if name.lower() != b"referrer-policy"]
+    names = {name.lower() for name, _ in kept}
+    return [*kept, *((n, v) for n, v in extra if n not in names)]
 
 
 async def _removal(datasette, path: str):
@@ -91,22 +106,35 @@ def asgi_wrapper(datasette):
 
             path = scope.get("path", "")
             extra = _headers(path, int(config(datasette).get("cache_ttl") or 0))
-            gone = {}
+            gone, held = {}, {}
+            query = scope.get("query_string", b"")
+            sorted_table = b"_sort" in query and _TABLE_PAGE.match(path)
 
             async def send_with_headers(message):
                 if message["type"] == "http.response.start":
+                    if message["status"] == 500 and sorted_table:
+                        held["start"] = message  # 400 if the body says the sort was refused
+                        return
                     if message["status"] == 404 and _ROW_PAGE.match(path):
                         removal = await _removal(datasette, path)
                         if removal is not None:
                             gone["removal"] = removal
                             return  # the 404 is replaced by the 410 below
-                    names = {name.lower() for name, _ in message.get("headers", [])}
-                    message = dict(message, headers=[*message.get("headers", []), *((n, v) for n, v in extra if n not in names)])
+                    message = dict(message, headers=_with_headers(message.get("headers", []), extra))
                 elif gone and message["type"] == "http.response.body":
                     if message.get("more_body"):
                         return
-                    await _send_gone(send, gone["removal"], extra)
+                    await _send_gone(send, gone["removal"], extra, as_json=path.endswith(".json"))
                     return
+                elif held and message["type"] == "http.response.body":
+                    held["body"] = held.get("body", b"") + message.get("body", b"")
+                    if message.get("more_body") and len(held["body"]) < 1_000_000:
+                        return
+                    start = held.pop("start")
+                    status = 400 if _BAD_SORT in held["body"] else start["status"]
+                    await send(dict(start, status=status, headers=_with_headers(start.get("headers", []), extra)))
+                    message = dict(message, body=held.pop("body"))
+                    held.clear()
                 await send(message)
 
             await app(scope, receive, send_with_headers)
@@ -116,11 +144,50 @@ def asgi_wrapper(datasette):
     return wrap
 
 
-async def _send_gone(send, removal: dict, extra) -> None:
+async def _send_gone(send, removal: dict, extra, as_json: bool = False) -> None:
+    import json
+
     from markupsafe import escape
 
-    body = (f"<!DOCTYPE html><html><head><title>Removed</title></head><body><h1>Removed</h1>"
-            f"<p>This row was removed on {escape(removal['removed_at'])}: {escape(removal['reason'])}</p></body></html>").encode()
+    message = f"This row was removed on {removal['removed_at']}: {removal['reason']}"
+    if as_json:  # the shape of Spellbook's own .json errors (plugins/_site.py)
+        body = json.dumps({"ok": False, "status": 410, "title": "Removed", "error": message}).encode()
+        content_type = b"application/json; charset=utf-8"
+    else:
+        body = (f"<!DOCTYPE html><html><head><title>Removed</title></head><body><h1>Removed</h1>"
+                f"<p>{escape(message)}</p></body></html>").encode()
+        content_type = b"text/html; charset=utf-8"
     await send({"type": "http.response.start", "status": 410,
-                "headers": [(b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(body)).encode()), *extra]})
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *extra]})
     await send({"type": "http.response.body", "body": body})
+
+
+_DAMAGED = ("malformed", "file is not a database", "disk i/o error", "unable to open database")
+
+
+def damaged_database(exception: BaseException) -> bool:
+    """SQLite cannot read the file it serves: truncated, overwritten or gone while being served."""
+    text = str(exception).lower()
+    return type(exception).__name__ in ("DatabaseError", "OperationalError") and any(part in text for part in _DAMAGED)
+
+
+@hookimpl
+def handle_exception(datasette, request, exception):
+    """A database file damaged while serving answers 503 with a plain page (and a log line), not a
+    500 traceback page: every page that reads it, Datasette's and Spellbook's. The server stays up;
+    pages that need no database keep working, and a restored file is read again."""
+    if not damaged_database(exception):
+        return None
+
+    async def page():
+        import logging
+
+        from spellbook.plugins._site import PageError, error_page
+
+        logging.getLogger("spellbook").error("cannot read a database for %s: %s", request.path, exception)
+        error = PageError(503, "The database cannot be read",
+                          "This site's database file is damaged or was changed while being served. Its operator has to "
+                          "restore or republish it; please try again later.")
+        return await error_page(datasette, request, error, "json" if request.path.endswith(".json") else None)
+
+    return page

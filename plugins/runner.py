@@ -17,12 +17,11 @@ import asyncio
 import os
 import re
 from pathlib import Path
-from urllib.parse import urlparse
 
 from datasette import hookimpl
 from datasette.utils.asgi import NotFound, Response
 
-from spellbook.plugins._site import PageError, config, page_view, run, spellbook_database
+from spellbook.plugins._site import PageError, check_same_site, config, page_view, run, spellbook_database
 from spellbook.queries.reports import generation
 
 PROMPT_TABLES = ["generations", "generation_keywords", "keywords", "datasets"]
@@ -76,23 +75,6 @@ def _id(request, name: str) -> int:
     return value
 
 
-def _check_same_site(request, form) -> None:
-    """A job only from a page of this site. Datasette 0.65's CSRF middleware (asgi-csrf) lets a
-    request without any cookie through, so there the form's token must equal the ds_csrftoken
-    cookie; Datasette 1.0 checks Sec-Fetch-Site and Origin itself (its token is no longer a
-    cookie). On both, a browser's Origin and Sec-Fetch-Site, when sent, must say this site."""
-    from spellbook.site import datasette_1
-
-    origin = request.headers.get("origin")
-    fetch_site = request.headers.get("sec-fetch-site")
-    if (origin and urlparse(origin).netloc != request.headers.get("host", "")) or fetch_site not in (None, "same-origin", "none"):
-        raise PageError(403, "Not from this site", "This form was posted from another site.")
-    if not datasette_1():
-        token = form.get("csrftoken") or ""
-        if not token or token != request.cookies.get("ds_csrftoken"):
-            raise PageError(403, "Not from this site", "Queue a regeneration from its prompt page (the form's token is missing or stale).")
-
-
 async def queue_view(datasette, request):
     from spellbook.runner.jobs import JobError, check_remix
 
@@ -105,7 +87,7 @@ async def queue_view(datasette, request):
     if record is None:
         raise NotFound(f"No generation {generation_id}")
     form = await request.post_vars()
-    _check_same_site(request, form)
+    check_same_site(request, form, "Queue a regeneration from its prompt page (the form's token is missing or stale).")
     fields = {} if form.get("remix") != "1" else {name: form.get(name) for name in ("seed", "steps", "cfg", "sampler", "width", "height")}
     try:
         overrides = check_remix(fields)

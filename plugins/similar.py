@@ -36,6 +36,32 @@ def similarity(datasette, database):
     return _SIMILARITY[key]
 
 
+async def ready(sim) -> None:
+    """The model loaded and the indexes open, outside the request's time limit (see Similarity.warm)."""
+    import asyncio
+
+    await asyncio.to_thread(sim.warm)
+
+
+@hookimpl
+def startup(datasette):
+    """Start loading the query model and the indexes as the server starts (in a thread: the server
+    answers meanwhile; a similarity page that comes first waits for the load, not a time limit)."""
+
+    async def inner():
+        import threading
+
+        try:
+            database = await spellbook_database(datasette)
+        except Exception:  # no Spellbook database here: nothing to load
+            return
+        sim = similarity(datasette, database)
+        if sim.available:
+            threading.Thread(target=sim.warm, name="spellbook-warm", daemon=True).start()
+
+    return inner
+
+
 async def read_upload(request) -> bytes | None:
     """The image of a multipart form (field "image"), read with a cap: 413 past MAX_UPLOAD_BYTES."""
     body, more = b"", True
@@ -82,6 +108,15 @@ async def similar_view(datasette, request):
         mode = "similarity"
     tables = ["training_images", "domains"] if target == "training" else ["generations"]
     result, unavailable = None, None
+    if mode != "keywords" and sim.available:
+        await ready(sim)
+        if q and image is None and not request.args.get("image") and not request.args.get("generation"):
+            import asyncio
+
+            try:  # encoded outside the time limit too (the vector is kept for the search below)
+                await asyncio.to_thread(sim.text_vector, q)
+            except queries.SimilarityUnavailable:
+                pass  # the search below meets it again and says so
 
     def work(conn):
         if request.args.get("image"):
@@ -138,6 +173,8 @@ async def neighbours_view(datasette, request):
     fmt = request.url_vars.get("format")
     database = await spellbook_database(datasette, "generations")
     sim = similarity(datasette, database)
+    if sim.available:
+        await ready(sim)
 
     def work(conn):
         record = generation(conn, generation_id)
@@ -169,6 +206,8 @@ async def lookalikes_view(datasette, request):
     fmt = request.url_vars.get("format")
     database = await spellbook_database(datasette)
     sim = similarity(datasette, database)
+    if sim.available:
+        await ready(sim)
     match = fts_query(f'"{name}"')
     try:
         data = await run(datasette, request, database, lambda conn: queries.lookalikes(conn, sim, match, limit=int_arg(request, "_size", 60, 1, 500)),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+from spellbook.queries import optout
 from spellbook.queries.domains import domain_breakdown
 from spellbook.queries.search import (
     COUNT_LIMIT,
@@ -214,8 +215,10 @@ def canonical_artist(name: str) -> str:
     return ArtistVocabulary.default().canonical(cleaned) or cleaned
 
 
-def artist_report(conn, name: str) -> dict:
-    """Both sides for one artist: training captions mentioning the name, and prompts using it."""
+def artist_report(conn, name: str, opted_out: bool = False) -> dict:
+    """Both sides for one artist: training captions mentioning the name, and prompts using it.
+    With `opted_out`, the training examples are only images whose owners opted out of training
+    (among those `spellbook check-optout` checked)."""
     name = canonical_artist(name)
     training = training_mentions(conn, name)
     match = fts_query(f'"{name}"')
@@ -230,9 +233,16 @@ def artist_report(conn, name: str) -> dict:
             "query": training["query"],
             "domains": domain_breakdown(conn, training["query"], top=10) if match else None,
             "aesthetic_histogram": _aesthetic_histogram(conn, match, training["count"]) if match else {"bins": [], "sampled": False, "sample": 0},
-            "examples": search_training(conn, training["query"], limit=EXAMPLES).rows if match else [],
+            "examples": search_training(conn, training["query"], limit=EXAMPLES, opted_out=opted_out).rows if match else [],
+            "opted_out_only": opted_out,
+            # None: nothing was ever checked for opt-out signals in this database
+            "optout": optout.matched_optouts(conn, match) if match and optout.has_checks(conn) else None,
         },
     }
+    if report["training"]["optout"] is not None:
+        checks = optout.optout_of(conn, [row["id"] for row in report["training"]["examples"]])
+        for row in report["training"]["examples"]:
+            row["optout"] = checks.get(row["id"])
     keyword = _prompt_side(conn, name)  # its training count is the one above
     report["prompts"] = {
         "count": keyword["prompt_count"] if keyword else 0,
@@ -277,23 +287,36 @@ def artist_export_size(conn, name: str, side: str) -> int:
 
 
 EVIDENCE_COLUMNS = ["id", "key", "laion_hash", "url", "caption", "domain", "aesthetic_score", "punsafe", "dataset", "dataset_version", "source_sha256", "synthetic"]
+EVIDENCE_OPTOUT_COLUMNS = ["opted_out", "optout_signals", "optout_checked_at"]
 
 
-def evidence_chunk(conn, name: str, after: int = 0, limit: int = EXPORT_CHUNK) -> list[dict]:
+def evidence_chunk(conn, name: str, after: int = 0, limit: int = EXPORT_CHUNK, opted_out: bool = False) -> list[dict]:
     """The next rows of an artist's evidence file, in id order after `after`: every training caption
-    that names the artist, with where it came from (the file, its format and sha256) and its
-    identities (the stable key, LAION's own hash)."""
+    that names the artist, with where it came from (the file, its format and sha256), its
+    identities (the stable key, LAION's own hash) and its opt-out signals where they were checked.
+    With `opted_out`, only the rows found opted out."""
     match = fts_query(f'"{canonical_artist(name)}"')
     if match is None:
         return []
+    checks = optout.has_checks(conn)
+    if opted_out and not checks:
+        return []
+    filtered = " AND EXISTS (SELECT 1 FROM optout_checks o WHERE o.image_id = f.rowid AND o.opted_out = 1)" if opted_out else ""
     rows = conn.execute(
-        """SELECT t.id, t.key, t.hash, t.url, t.caption, d.domain, t.aesthetic_score, t.punsafe, s.file_name, s.schema_version, s.sha256, s.synthetic
-           FROM (SELECT rowid FROM training_images_fts WHERE training_images_fts MATCH ? AND rowid > ? ORDER BY rowid LIMIT ?) h
+        f"""SELECT t.id, t.key, t.hash, t.url, t.caption, d.domain, t.aesthetic_score, t.punsafe, s.file_name, s.schema_version, s.sha256, s.synthetic
+           FROM (SELECT f.rowid FROM training_images_fts f WHERE training_images_fts MATCH ? AND f.rowid > ?{filtered} ORDER BY f.rowid LIMIT ?) h
            JOIN training_images t ON t.id = h.rowid LEFT JOIN domains d ON d.id = t.domain_id LEFT JOIN datasets s ON s.id = t.dataset_id
            ORDER BY t.id""",
         (match, after, limit),
     ).fetchall()
-    return [dict(zip(EVIDENCE_COLUMNS, row)) for row in rows]
+    records = [dict(zip(EVIDENCE_COLUMNS, row)) for row in rows]
+    signals = optout.optout_of(conn, [r["id"] for r in records]) if checks else {}
+    for record in records:
+        found = signals.get(record["id"])
+        record["opted_out"] = None if found is None else found["opted_out"]
+        record["optout_signals"] = ";".join(found["sources"]) if found else None
+        record["optout_checked_at"] = found["checked_at"] if found else None
+    return records
 
 
 def artist_export_chunk(conn, name: str, side: str, after: int = 0, limit: int = EXPORT_CHUNK) -> list[tuple]:

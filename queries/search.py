@@ -21,6 +21,7 @@ from spellbook.database.schema import (
     TERM_COUNTS,
     TRAINING_TABLE,
 )
+from spellbook.queries import optout
 from spellbook.queries.spread import Windows
 from spellbook.text.fold import tokens
 from spellbook.text.fts import fts_query, is_phrase, is_prefix, match_terms, phrases
@@ -103,15 +104,20 @@ def find_domain(conn, domain: str | None) -> Domain | None:
     return Domain(*row) if row else NO_SUCH_DOMAIN
 
 
-def search_training(conn, q: str, limit: int = 100, offset: int = 0, domain: str | None = None) -> SearchResult:
-    """Caption matches for q (shortest first when few enough to order), optionally from one domain."""
+def search_training(conn, q: str, limit: int = 100, offset: int = 0, domain: str | None = None, opted_out: bool = False) -> SearchResult:
+    """Caption matches for q (shortest first when few enough to order), optionally from one domain,
+    optionally only images whose owners opted out of training (`spellbook check-optout`)."""
     match = fts_query(q)
     in_domain = find_domain(conn, domain)
     if in_domain is NO_SUCH_DOMAIN:  # nothing to look for: no scan of the table
         return SearchResult(query=q or "", total=0, total_exact=True, ranked=match is not None)
+    if opted_out and not optout.has_checks(conn):
+        return SearchResult(query=q or "", total=0, total_exact=True, ranked=match is not None)
     if match is None:
+        if opted_out:
+            return _browse_opted_out(conn, q, limit, offset, in_domain)
         return _browse(conn, q, limit, offset, in_domain)
-    return fts_page(conn, TRAINING, q, match, limit, offset, domain=in_domain)
+    return fts_page(conn, TRAINING, q, match, limit, offset, domain=in_domain, opted_out=opted_out)
 
 
 def search_prompts(conn, q: str, limit: int = 100, offset: int = 0) -> SearchResult:
@@ -128,14 +134,20 @@ def search_prompts(conn, q: str, limit: int = 100, offset: int = 0) -> SearchRes
     return fts_page(conn, PROMPTS, q, match, limit, offset)
 
 
-def fetcher(conn, corpus: Corpus, match: str, domain: Domain | None = None):
+# Only the images found opted out: one primary-key probe of optout_checks per match walked
+OPTED_OUT_CONDITION = " AND EXISTS (SELECT 1 FROM optout_checks o WHERE o.image_id = f.rowid AND o.opted_out = 1)"
+
+
+def fetcher(conn, corpus: Corpus, match: str, domain: Domain | None = None, opted_out: bool = False):
     """fetch(start, end, after, limit): matches with start <= id < end and id > after, in id order."""
     join, condition = "", ""
     if domain is not None:
         # CROSS JOIN keeps the FTS walk outside: left to itself, SQLite would walk the domain's
-        # index and probe FTS for every one of its rows (the strategy _domain_matches takes only
+        # index and probe FTS for every one of its rows (the strategy _probe_matches takes only
         # when the domain is much the smaller).
         join, condition = f"CROSS JOIN {corpus.table} t ON t.id = f.rowid", " AND t.domain_id = :domain_id"
+    if opted_out:
+        condition += OPTED_OUT_CONDITION
     sql = f"""SELECT f.rowid FROM {corpus.fts} f {join} WHERE {corpus.fts} MATCH :match{condition}
               AND f.rowid > :after AND f.rowid < :end ORDER BY f.rowid LIMIT :limit"""
 
@@ -164,21 +176,37 @@ def list_fetcher(ids: list[int]):
 PROBE_RATIO = 80
 
 
-def _domain_matches(conn, corpus: Corpus, match: str, domain: Domain) -> list[int]:
-    """Every image of the domain that matches: the domain's ids from its index, each probed in FTS."""
+def _probe_matches(conn, corpus: Corpus, match: str, ids: list[int]) -> list[int]:
+    """The ids (in order) that match, each probed in FTS."""
     sql = f"SELECT count(*) FROM {corpus.fts} WHERE {corpus.fts} MATCH ? AND rowid = ?"
-    ids = [row_id for (row_id,) in conn.execute(f"SELECT id FROM {corpus.table} WHERE domain_id = ? ORDER BY id", (domain.id,))]
     return [row_id for row_id in ids if conn.execute(sql, (match, row_id)).fetchone()[0]]
 
 
-def fts_page(conn, corpus: Corpus, q: str, match: str, limit: int, offset: int, domain: Domain | None = None) -> SearchResult:
+def _subset_ids(conn, corpus: Corpus, match: str, domain: Domain | None, opted_out: bool) -> list[int] | None:
+    """Every match of a narrowed search, when the subset (a domain's images, the opted-out images)
+    is so much smaller than the search that probing each of its rows beats walking the matches;
+    else None."""
+    if opted_out:
+        ids = optout.opted_out_ids(conn, domain.id if domain else None)
+        if len(ids) > optout.OPTED_OUT_LIST_LIMIT or len(ids) * PROBE_RATIO >= estimate_matches(conn, match, corpus):
+            return None
+        return _probe_matches(conn, corpus, match, ids)
+    if domain is not None and domain.images * PROBE_RATIO < estimate_matches(conn, match, corpus):
+        ids = [row_id for (row_id,) in conn.execute(f"SELECT id FROM {corpus.table} WHERE domain_id = ? ORDER BY id", (domain.id,))]
+        return _probe_matches(conn, corpus, match, ids)
+    return None
+
+
+def fts_page(conn, corpus: Corpus, q: str, match: str, limit: int, offset: int, domain: Domain | None = None, opted_out: bool = False) -> SearchResult:
     """One page of matches: up to RANK_LIMIT matches in relevance order (shortest text first), else
-    matches spread evenly over the id range (queries/spread.py), optionally within one domain."""
+    matches spread evenly over the id range (queries/spread.py), optionally within one domain and
+    among the opted-out images."""
     terms = match_terms(match)
     rows_total = max_id(conn, corpus)
-    fetch = fetcher(conn, corpus, match, domain)
-    if domain is not None and domain.images * PROBE_RATIO < estimate_matches(conn, match, corpus):
-        fetch = list_fetcher(_domain_matches(conn, corpus, match, domain))
+    fetch = fetcher(conn, corpus, match, domain, opted_out)
+    known = _subset_ids(conn, corpus, match, domain, opted_out) if (domain is not None or opted_out) else None
+    if known is not None:
+        fetch = list_fetcher(known)
     # One walk from the start gives both the count and, for results small enough to order, every match.
     candidates = fetch(1, rows_total + 1, 0, RANK_LIMIT + 1)
     if len(candidates) <= RANK_LIMIT:
@@ -193,29 +221,34 @@ def fts_page(conn, corpus: Corpus, q: str, match: str, limit: int, offset: int, 
         return SearchResult(query=q, total=len(candidates), total_exact=True, ranked=True, rows=rows)
     sample = Windows.over(rows_total, windows_for(match)).sample(fetch, need=offset + limit)
     ids = sample.page(offset, limit)
-    if sample.complete:  # the result ended within the sample: its size is the exact total
+    if known is not None:  # every match is in hand
+        total, exact = len(known), True
+    elif sample.complete:  # the result ended within the sample: its size is the exact total
         total, exact = sample.size, True
     else:
-        total, exact = _total(conn, corpus, match, domain, rows_total)
+        total, exact = _total(conn, corpus, match, domain, rows_total, opted_out)
     return SearchResult(query=q, total=total, total_exact=exact, ranked=False, rows=_rows_by_id(conn, corpus, ids, terms))
 
 
-def _total(conn, corpus: Corpus, match: str, domain: Domain | None, rows_total: int) -> tuple[int, bool]:
+def _total(conn, corpus: Corpus, match: str, domain: Domain | None, rows_total: int, opted_out: bool = False) -> tuple[int, bool]:
     """(total, exact) of a result bigger than RANK_LIMIT."""
-    if domain is not None:
-        # Not counted (that walks every match): the domain's share of a sample of the search's
+    if domain is not None or opted_out:
+        # Not counted (that walks every match): the subset's share of a sample of the search's
         # matches spread over the collection, times the search's total.
         matches = estimate_matches(conn, match, corpus)
         spread = Windows.over(rows_total, windows_for(match)).sample(fetcher(conn, corpus, match), need=DOMAIN_SHARE_SAMPLE)
-        in_domain = total_weight = 0.0
+        conditions = (" AND f.domain_id = :domain_id" if domain is not None else "") + (OPTED_OUT_CONDITION.replace("f.rowid", "f.id") if opted_out else "")
+        in_subset = total_weight = 0.0
         for weight, ids in spread.by_weight(matches):
             (hits,) = conn.execute(
-                f"SELECT count(*) FROM {corpus.table} WHERE id IN (SELECT value FROM json_each(?)) AND domain_id = ?", (json.dumps(ids), domain.id)
+                f"SELECT count(*) FROM {corpus.table} f WHERE f.id IN (SELECT value FROM json_each(:ids)){conditions}",
+                {"ids": json.dumps(ids), "domain_id": domain.id if domain else None},
             ).fetchone()
-            in_domain += hits * weight
+            in_subset += hits * weight
             total_weight += len(ids) * weight
-        guess = round(matches * in_domain / total_weight) if total_weight else 0
-        return max(RANK_LIMIT + 1, min(guess, matches, domain.images)), False
+        guess = round(matches * in_subset / total_weight) if total_weight else 0
+        bound = min(domain.images if domain else matches, optout.opted_out_count(conn) if opted_out else matches)
+        return max(RANK_LIMIT + 1, min(guess, matches, bound)), False
     if is_prefix(match):
         return estimate_matches(conn, match, corpus), False  # a prefix merges many doclists: counting is slow
     matches = count_matches(conn, match, COUNT_LIMIT, corpus)
@@ -230,6 +263,13 @@ def _rows_by_id(conn, corpus: Corpus, ids: list[int], terms) -> list[dict]:
               WHERE t.id IN (SELECT value FROM json_each(?))"""
     by_id = {row["id"]: row for row in (_row_dict(corpus, r, d, terms) for r, d in _fetch(conn, sql, (json.dumps(ids),)))}
     return [by_id[i] for i in ids if i in by_id]
+
+
+def _browse_opted_out(conn, q, limit, offset, domain: Domain | None) -> SearchResult:
+    """No search words, only opted-out images (of one domain): in id order."""
+    ids = optout.opted_out_ids(conn, domain.id if domain else None, limit=offset + limit)
+    total = optout.opted_out_count(conn, domain.id if domain else None)
+    return SearchResult(query=q or "", total=total, total_exact=True, ranked=False, rows=_rows_by_id(conn, TRAINING, ids[offset : offset + limit], (frozenset(), ())))
 
 
 def windows_for(match: str) -> int:

@@ -60,6 +60,31 @@ class Similarity:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _model: object = field(default=None, repr=False)
     _record: ModelRecord | None = field(default=None, repr=False)
+    _warm_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _warmed: bool = field(default=False, repr=False)
+
+    def warm(self) -> None:
+        """Load now what a first search would (once per process, seconds: the model's weights, each
+        collection's index or exact matrix), so that no request pays for it inside its time limit.
+        A server calls it at startup in the background, and each similarity page before its
+        queries (waiting, if the startup load is still running). What cannot load is left for the
+        page to report."""
+        with self._warm_lock:
+            if self._warmed or not self.available:
+                return
+            try:
+                record = self.record()
+                model = self.model()
+                if model.supports_text:
+                    self.text_vector("a photo")
+                store = self.store()
+                for collection in COLLECTIONS:
+                    if store.count(record, collection) and self._index(record, collection) is None:
+                        self._matrix(record, collection)
+            except SimilarityUnavailable:
+                pass
+            finally:
+                self._warmed = True
 
     @property
     def available(self) -> bool:
@@ -181,9 +206,17 @@ class Similarity:
     def _index(self, record: ModelRecord, collection: str):
         key = (record.id, collection)
         if key not in self._indexes:
+            from spellbook.embeddings.index import EXACT_MAX_ROWS, IndexFileError
             from spellbook.embeddings.indexing import open_index
 
-            self._indexes[key] = open_index(self.db_path, record, collection)
+            try:
+                index = open_index(self.db_path, record, collection)
+            except IndexFileError as error:  # not cached: a rebuilt index is picked up by the next search
+                raise SimilarityUnavailable(f"The vector index cannot be read ({error}). Rebuild it: spellbook index DB --rebuild") from None
+            if index is None and (count := self.store().count(record, collection)) > EXACT_MAX_ROWS:
+                # Scanning that many vectors per query would outlast the request's time limit.
+                raise SimilarityUnavailable(f"{count:,} vectors and no index for them. Build one: spellbook index DB")
+            self._indexes[key] = index
         return self._indexes[key]
 
     def _matrix(self, record: ModelRecord, collection: str):

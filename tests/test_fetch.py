@@ -596,6 +596,27 @@ def test_fetch_images_from_synchronous_code(site):
     assert all(r.outcome in OUTCOMES for r in results)
 
 
+async def test_fetch_images_inside_a_running_event_loop(site):
+    """Synchronous code called from async code (an async test, a server's handler) has a loop
+    running on its thread: fetch_images keeps its own loop on its own thread, start to end."""
+    site.serve("/cat.png", PNG)
+    results = list(fetch_images([(1, site.url + "/cat.png"), (2, site.url + "/missing.png")], FetchLimits(allow_private=True, retries=0)))
+    assert sorted((r.item_id, r.outcome) for r in results) == [(1, "ok"), (2, "http_error")]
+
+
+def test_headers_and_text_reads(site):
+    site.serve("/cat.png", PNG)
+    site.serve("/ai.txt", b"User-Agent: *\nDisallow: /\n", "text/plain")
+    [headers] = fetch([site.url + "/cat.png"], FetchLimits(allow_private=True, retries=0, read="headers"))
+    assert headers.outcome == "ok" and headers.data == b"" and headers.headers["content-type"] == "image/png"
+    [text] = fetch([site.url + "/ai.txt"], FetchLimits(allow_private=True, retries=0, read="text"))
+    assert text.outcome == "ok" and text.data.startswith(b"User-Agent")  # not an image, and fine
+    [image] = fetch([site.url + "/ai.txt"])
+    assert image.outcome == "not_image"
+    with pytest.raises(ValueError):
+        FetchLimits(read="everything")
+
+
 def test_fetch_images_stops_early(site):
     @site.route("/slow.png")
     def slow(handler):

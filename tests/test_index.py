@@ -133,7 +133,9 @@ def test_incremental_add_reuses_the_trained_parts(tmp_path, approximate, vectors
         assert after[role] == before[role]
         assert (tmp_path / after[role]["name"]).stat().st_mtime_ns == stamps[role]
     assert {"delta", "delta_ids"} <= set(after)
-    assert (tmp_path / after["delta"]["name"]).stat().st_size < (tmp_path / after["base"]["name"]).stat().st_size / 20
+    import faiss
+
+    assert faiss.read_index(str(tmp_path / after["delta"]["name"])).ntotal == 120  # only the new vectors were encoded
     reopened = VectorIndex.open(path)
     assert len(reopened) == 12_120
     for i in (0, 60, 119):

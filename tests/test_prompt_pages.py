@@ -164,6 +164,7 @@ SMOKE = {
         "/-/artist/greg%20rutkowski", "/-/artist/Simon%20Stalenhag.json", "/-/artist/greg%20rutkowski.csv?side=prompts", "/-/artist/simon%20stalenhag.csv",
     ],
     r"^/-/artist/(?P<name>[^/]+?)/evidence(\.(?P<format>json|csv))?$": ["/-/artist/greg%20rutkowski/evidence", "/-/artist/greg%20rutkowski/evidence.json", "/-/artist/greg%20rutkowski/evidence.csv"],
+    r"^/-/optout(\.(?P<format>json))?$": ["/-/optout", "/-/optout.json", "/-/optout?domain=pinimg.com"],  # with checks: tests/test_optout.py
     r"^/-/image/(?P<key>-?\d{1,19})$": [],  # a redirect: tests/test_site.py follows one
     # Without vectors the similarity pages say so (and keyword search still answers): tests/test_similarity.py has them with vectors
     r"^/-/similar(\.(?P<format>json))?$": ["/-/similar", "/-/similar?q=castle", "/-/similar.json?q=castle&mode=keywords"],
@@ -173,6 +174,7 @@ SMOKE = {
     r"^/-/prompt/(?P<id>\d{1,19})/regenerate$": [],
     r"^/-/regenerate/(?P<job>\d{1,19})(\.(?P<format>json))?$": [],
     r"^/-/regenerate/(?P<job>\d{1,19})/image$": [],
+    r"^/-/request-removal$": [],  # 404 unless a requests database is configured: tests/test_removal_requests.py
 }
 
 

@@ -1,6 +1,7 @@
 """Take-down: a removed row is gone from every surface, its pages answer 410, and it stays gone."""
 from __future__ import annotations
 
+import json
 import sqlite3 as stdlib_sqlite3
 
 import pyarrow as pa
@@ -130,3 +131,71 @@ async def test_datasettes_own_row_page_of_a_removed_row_answers_410(site_db):
         assert response.status_code == 410 and "court order 2026-11" in response.text, path
         assert "content-security-policy" in response.headers
     assert (await ds.client.get(f"/{db.stem}/training_images/999999")).status_code == 404  # never there: still 404
+
+
+async def _surfaces(ds, db, victim: str, victim_id: int, victim_key: int, neighbour_id: int, stand_in) -> dict[str, bool]:
+    """Whether the victim shows on each surface a removal must reach: True where it does."""
+    from spellbook.publish import published_copy
+
+    async def text(path, status=200):
+        response = await ds.client.get(path)
+        assert response.status_code == status, (path, response.status_code)
+        return response.text
+
+    async def ids(path):
+        return {row.get("id") or row.get("item_id") for row in (await ds.client.get(path)).json()["rows"]}
+
+    domain = victim.split("/")[2].split(".", 1)[1]
+    artist = (await ds.client.get("/-/artist/zorana%20velk.json")).json()["training"]
+    store = VectorStore.beside(db, readonly=True)
+    sim = similar.Similarity(db)
+    purple = stand_in.embed_images([image((128, 0, 128))])[0]
+    copy = published_copy(db, db.parent / "published" / "site.db")
+    return {
+        "search results (JSON)": victim_id in await ids("/-/search.json?q=zorana+velk"),
+        "search results (page)": victim in await text("/-/search?q=zorana+velk"),
+        "search total": (await ds.client.get("/-/search.json?q=zorana+velk")).json()["total"] == 3,
+        "domain filter": (await ds.client.get(f"/-/search.json?domain={domain}")).json()["total"] > 0,
+        "domain breakdown": any(d["domain"] == domain for d in (await ds.client.get("/-/domains.json")).json()["domains"]),
+        "domain counts (table)": query(db, "SELECT image_count FROM domains WHERE domain = ?", (domain,)) == [(1,)],
+        "artist report count": artist["count"] == 3,
+        "artist report examples": victim in json.dumps(artist["examples"]),
+        "artist CSV export": victim in await text("/-/artist/zorana%20velk.csv"),
+        "evidence JSON": victim in await text("/-/artist/zorana%20velk/evidence.json"),
+        "evidence CSV": victim in await text("/-/artist/zorana%20velk/evidence.csv"),
+        "evidence page": victim in await text("/-/artist/zorana%20velk/evidence"),
+        "similarity by text (hybrid)": victim_id in await ids("/-/similar.json?q=zorana+velk"),
+        "similarity: more like a neighbour": victim_id in await ids(f"/-/similar.json?image={neighbour_id}"),
+        "vector store": bool(store.item_vectors(store.only_model(), "training_image", [victim_id])),
+        "vector index": victim_id in [hit.item_id for hit in sim.nearest("training_image", purple, k=20)],
+        "Datasette table JSON": victim in await text(f"/{db.stem}/training_images.json?_search=zorana&_size=max"),
+        "Datasette table CSV": victim in await text(f"/{db.stem}/training_images.csv?_search=zorana&_size=max"),
+        "Datasette SQL": victim in await text(f"/{db.stem}.json?sql=select+url+from+training_images"),
+        "Datasette row page": (await ds.client.get(f"/{db.stem}/training_images/{victim_id}")).status_code == 200,
+        "stable link /-/image/KEY": (await ds.client.get(f"/-/image/{victim_key}")).status_code == 302,
+        "full-text index": query(db, "SELECT count(*) FROM training_images_fts WHERE training_images_fts MATCH 'zorana' AND rowid = ?", (victim_id,)) == [(1,)],
+        "opt-out checks": (await ds.client.get("/-/optout.json")).json()["checked"] == 1,
+        "published copy (its bytes)": victim.encode() in copy.path.read_bytes(),
+    }
+
+
+async def test_one_removed_url_checked_on_every_surface(site_db, stand_in):
+    """Each surface is first seen to show the row (so that its check can fail), then not to."""
+    from spellbook.embeddings.indexing import build_indexes
+
+    db, _ = site_db
+    build_indexes(db)
+    victim = url(TAKEN_DOWN)
+    (victim_id, victim_key), = query(db, "SELECT id, key FROM training_images WHERE url = ?", (victim,))
+    (neighbour_id,), = query(db, "SELECT id FROM training_images WHERE url = ?", (url(TAKEN_DOWN + 1),))
+    conn = stdlib_sqlite3.connect(db)  # as `spellbook check-optout` stores a check
+    with conn:
+        conn.execute("INSERT INTO optout_checks(image_id, checked_at, status, opted_out, signals) VALUES (?, '2026-11-30T10:00:00Z', 'ok', 1, ?)",
+                     (victim_id, json.dumps([{"source": "x-robots-tag", "value": "noai", "agent": "*"}])))
+    conn.close()  # the last connection out checkpoints the WAL: an immutable reader sees only the main file
+    before = await _surfaces(spellbook_datasette(db), db, victim, victim_id, victim_key, neighbour_id, stand_in)
+    assert all(before.values()), [name for name, shown in before.items() if not shown]
+    remove(db, "url", [victim], "the artist asked (request 21)")
+    after = await _surfaces(spellbook_datasette(db), db, victim, victim_id, victim_key, neighbour_id, stand_in)
+    assert not any(after.values()), [name for name, shown in after.items() if shown]
+    assert len(after) == 24  # the list the closing note gives

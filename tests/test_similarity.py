@@ -5,6 +5,7 @@ Ranking is tested with a deterministic stand-in model (tests/conftest.py: StandI
 real model class on a tiny random open_clip checkpoint saved to disk and loaded back."""
 from __future__ import annotations
 
+import copy
 import io
 import shutil
 import sqlite3 as stdlib_sqlite3
@@ -22,6 +23,7 @@ from spellbook.embeddings.embed import EmbedError, embed_images, embed_texts, im
 from spellbook.embeddings.store import VectorStore, vectors_path
 from spellbook.ingest.load import ingest_prompt_files, ingest_training_files
 from spellbook.queries import similar
+from spellbook.site import default_config
 from tests.conftest import StandInModel, spellbook_datasette, write_v2
 
 pytestmark = pytest.mark.pages
@@ -396,3 +398,49 @@ def test_training_images_fetched_by_url_are_embedded_and_every_fetch_is_recorded
         assert default.embedded == 0 and default.outcomes == {"blocked": 2}  # the two not yet embedded, refused this time
     finally:
         site.stop()
+
+
+class SlowToLoad(StandInModel):
+    """The stand-in with a real model's first-use cost: its weights take a while to load (ViT-L-14:
+    seconds), once per process."""
+
+    LOAD_SECONDS = 1.5
+    loads = 0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._loaded = False
+
+    def _load(self):
+        if not self._loaded:
+            time.sleep(self.LOAD_SECONDS)
+            type(self).loads += 1
+            self._loaded = True
+
+    def embed_texts(self, texts):
+        self._load()
+        return super().embed_texts(texts)
+
+    def embed_images(self, images):
+        self._load()
+        return super().embed_images(images)
+
+
+async def test_the_first_search_of_a_fresh_server_is_not_cut_off_by_the_models_load(embedded, stand_in):
+    """Regression: the model loaded inside the page's time limit, so on a fresh server (hosted: 5 s
+    against ViT-L-14's load; here 20 ms, against a 1.5 s load) the first text searches answered 503
+    "That took too long". (At 20 ms or less Datasette's limit checks every SQLite instruction.)"""
+    from spellbook.embeddings import models
+
+    models.register("stand-in", SlowToLoad)
+    models.forget_models()
+    SlowToLoad.loads = 0
+    config = copy.deepcopy(default_config())
+    config.setdefault("plugins", {}).setdefault("spellbook", {})["time_limit_ms"] = 20
+    ds = spellbook_datasette(embedded, config=config)
+    ids = ids_by_caption(embedded)
+    first, again = [await ds.client.get("/-/similar.json?q=red+fox&mode=similarity") for _ in range(2)]
+    for response in (first, again):
+        assert response.status_code == 200, response.text[:300]
+        assert response.json()["similarity_unavailable"] is None and response.json()["rows"][0]["id"] == ids["a red fox in the snow"]
+    assert SlowToLoad.loads == 1  # once per process, started with the server

@@ -202,7 +202,7 @@ async def test_every_response_carries_the_security_headers(datasette):
         csp = response.headers["content-security-policy"]
         assert "script-src 'self' 'sha256-" in csp and "'unsafe-inline'" not in csp.split("script-src")[1].split(";")[0]
         assert "frame-ancestors 'none'" in csp and "object-src 'none'" in csp
-        assert response.headers["x-content-type-options"] == "nosniff" and response.headers["referrer-policy"] == "no-referrer"
+        assert response.headers["x-content-type-options"] == "nosniff" and response.headers["referrer-policy"] == "same-origin"
     assert len(script_hashes()) >= 3  # Datasette's own inline scripts, by hash
     static = await datasette.client.get("/-/static-plugins/spellbook/spellbook.js")
     assert static.headers["cache-control"] == "public, max-age=3600"
