@@ -22,7 +22,10 @@ METADATA = Path(str(PACKAGE / "metadata.yml"))
 CONFIG = Path(str(PACKAGE / "datasette.yaml"))
 
 
+@lru_cache(maxsize=1)
 def datasette_version() -> tuple[int, ...]:
+    """The installed Datasette's version (read once: importlib.metadata scans site-packages, ~1 ms,
+    and every page asks)."""
     version = metadata.version("datasette")
     return tuple(int(part) for part in version.split("a")[0].split(".") if part.isdigit())
 

@@ -36,7 +36,50 @@ def script_hashes() -> tuple[str, ...]:
                 if "{{" not in body and "{%" not in body:
                     texts.add(body)
     texts.update({"DATASETTE_ALLOW_FACET = true;", "DATASETTE_ALLOW_FACET = false;"})
-    return tuple(sorted("'sha256-" + base64.b64encode(hashlib.sha256(t.encode()).digest()).decode() + "'" for t in texts))
+    from datasette.version import __version__
+
+    texts.add(f"window.datasetteVersion = '{__version__}';")  # 1.0's base template
+    handlers = datasette_event_handlers()
+    hashes = sorted(_hash(t) for t in texts | handlers)
+    # 'unsafe-hashes' lets an event handler attribute run only when its code is one of these hashes
+    # (Datasette 1.0's table page: onclick="openColumnChooser()"); no other inline handler runs.
+    return tuple(["'unsafe-hashes'", *hashes] if handlers else hashes)
+
+
+def _hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+# Datasette 1.0's own pages (database, table, row) hand their data to its JavaScript in inline
+# scripts that differ on every page (`window._datasetteTableData = {...}`, the column chooser's,
+# the SQL editor's schema). There each inline <script> of the page gets a nonce for that response.
+# Data never arrives as a <script> element, escaped as it is (tests/test_xss.py checks every page
+# with CSP bypassed); Spellbook's own pages (/-/...) keep the hash-only policy.
+@lru_cache(maxsize=1)
+def data_scripts() -> bool:
+    """Whether the installed Datasette's templates have such scripts (1.0 does, 0.65 does not)."""
+    return any("window._datasette" in path.read_text(encoding="utf-8")
+               for path in resources.files("datasette").joinpath("templates").iterdir() if path.name.endswith(".html"))
+
+
+def with_nonce(body: bytes) -> tuple[bytes, str]:
+    import secrets
+
+    nonce = secrets.token_urlsafe(18)
+    return body.replace(b"<script>", f'<script nonce="{nonce}">'.encode()), f"'nonce-{nonce}'"
+
+
+@lru_cache(maxsize=1)
+def datasette_event_handlers() -> frozenset[str]:
+    """The code of every inline event handler attribute in the installed Datasette's templates that
+    holds no template expression."""
+    found = set()
+    for path in resources.files("datasette").joinpath("templates").iterdir():
+        if path.name.endswith(".html"):
+            for code in re.findall(r'\son[a-z]+="([^"]*)"', path.read_text(encoding="utf-8")):
+                if "{{" not in code and "{%" not in code:
+                    found.add(code)
+    return frozenset(found)
 
 
 def content_security_policy() -> str:
@@ -120,6 +163,9 @@ def asgi_wrapper(datasette):
                         if removal is not None:
                             gone["removal"] = removal
                             return  # the 404 is replaced by the 410 below
+                    if data_scripts() and _is_html(message) and not path.startswith("/-/"):
+                        held["start"] = message  # its data scripts' hashes go into its CSP
+                        return
                     message = dict(message, headers=_with_headers(message.get("headers", []), extra))
                 elif gone and message["type"] == "http.response.body":
                     if message.get("more_body"):
@@ -128,12 +174,18 @@ def asgi_wrapper(datasette):
                     return
                 elif held and message["type"] == "http.response.body":
                     held["body"] = held.get("body", b"") + message.get("body", b"")
-                    if message.get("more_body") and len(held["body"]) < 1_000_000:
+                    if message.get("more_body") and len(held["body"]) < 8_000_000:
                         return
-                    start = held.pop("start")
-                    status = 400 if _BAD_SORT in held["body"] else start["status"]
-                    await send(dict(start, status=status, headers=_with_headers(start.get("headers", []), extra)))
-                    message = dict(message, body=held.pop("body"))
+                    start, body = held.pop("start"), held.pop("body")
+                    status = 400 if start["status"] == 500 and _BAD_SORT in body else start["status"]
+                    headers, own = extra, start.get("headers", [])
+                    if _is_html(start) and data_scripts() and not message.get("more_body"):
+                        body, nonce = with_nonce(body)
+                        headers = [(n, v.replace(b"script-src 'self' ", f"script-src 'self' {nonce} ".encode(), 1)
+                                    if n == b"content-security-policy" else v) for n, v in extra]
+                        own = [(n, v) for n, v in own if n.lower() != b"content-length"] + [(b"content-length", str(len(body)).encode())]
+                    await send(dict(start, status=status, headers=_with_headers(own, headers)))
+                    message = dict(message, body=body, more_body=message.get("more_body", False))
                     held.clear()
                 await send(message)
 
@@ -142,6 +194,10 @@ def asgi_wrapper(datasette):
         return spellbook_headers
 
     return wrap
+
+
+def _is_html(start: dict) -> bool:
+    return any(name.lower() == b"content-type" and value.startswith(b"text/html") for name, value in start.get("headers", []))
 
 
 async def _send_gone(send, removal: dict, extra, as_json: bool = False) -> None:

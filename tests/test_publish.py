@@ -95,7 +95,7 @@ def test_the_dockerfiles_command_from_a_fresh_venv_serves_the_hosted_configurati
         assert home.headers["cache-control"] == "public, max-age=3600"
         assert "sb-tile" in server.get("/-/search?q=fox").text
         name = db.stem
-        assert httpx.get(f"{server.url}/{name}?sql=select+1", timeout=10).status_code == 403  # arbitrary SQL off
+        assert httpx.get(f"{server.url}/{name}?sql=select+1", timeout=10, follow_redirects=True).status_code == 403  # arbitrary SQL off (1.0 redirects to /-/query first)
         assert httpx.get(f"{server.url}/{name}.db", timeout=10).status_code in (403, 404)  # no download
         assert server.get(f"/{name}/top_domains.json").json()["rows"]  # the canned queries stay
         assert server.get(f"/{name}/provenance.json").json()

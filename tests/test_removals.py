@@ -138,7 +138,7 @@ async def _surfaces(ds, db, victim: str, victim_id: int, victim_key: int, neighb
     from spellbook.publish import published_copy
 
     async def text(path, status=200):
-        response = await ds.client.get(path)
+        response = await ds.client.get(path, follow_redirects=True)  # 1.0 sends ?sql= to /-/query
         assert response.status_code == status, (path, response.status_code)
         return response.text
 
