@@ -181,7 +181,7 @@ def embed():
     """
 
 
-_PRECISION = click.option("--precision", type=click.Choice(["int8", "float16"]), default="int8", show_default=True, help="How vectors are stored (int8: measured recall in bench/VECTORS.md).")
+_PRECISION = click.option("--precision", type=click.Choice(["float16", "int8"]), default="float16", show_default=True, help="How vectors are stored (float16 keeps recall@10 >= 0.95 at 12M vectors; int8 halves the file: bench/VECTORS.md).")
 _PROGRESS = click.option("--progress/--no-progress", default=None, help="Progress bar (default: on when stderr is a terminal).")
 
 

@@ -444,3 +444,22 @@ async def test_the_first_search_of_a_fresh_server_is_not_cut_off_by_the_models_l
         assert response.status_code == 200, response.text[:300]
         assert response.json()["similarity_unavailable"] is None and response.json()["rows"][0]["id"] == ids["a red fox in the snow"]
     assert SlowToLoad.loads == 1  # once per process, started with the server
+
+
+def test_finding_the_items_of_vectors_probes_the_vector_index(embedded, stand_in):
+    """Regression: items_of asked for `ORDER BY item_id`, so SQLite walked the collection's whole
+    primary key in item order instead of probing idx_vector_items_vector: 238 ms for 300 vectors
+    among 1M items (every "more like this" and similarity page), 1.3 ms probed."""
+    store = VectorStore.beside(embedded, readonly=True)
+    try:
+        executed = []
+        store.conn.set_trace_callback(executed.append)
+        ids = [vector_id for (vector_id,) in store.conn.execute("SELECT id FROM vectors ORDER BY id DESC")]
+        items = store.items_of("training_image", ids)
+        store.conn.set_trace_callback(None)
+        assert sorted(items) == sorted(ids) and all(v == sorted(v) for v in items.values())
+        [sql] = [s for s in executed if "FROM vector_items" in s]
+        plan = " ".join(row[-1] for row in store.conn.execute("EXPLAIN QUERY PLAN " + sql))
+        assert "idx_vector_items_vector" in plan, plan
+    finally:
+        store.close()
