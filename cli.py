@@ -659,6 +659,7 @@ def serve(dbs, host, port, metadata_path, config_path, local_images, model_name,
         os.environ["SPELLBOOK_RUNNER"] = "1"
         sys.exit(serve_with_worker([sys.executable, "-m", "datasette", *args], [str(db) for db in dbs]))
     os.environ.pop("SPELLBOOK_RUNNER", None)
+    os.environ.setdefault("SPELLBOOK_QUERY_THREADS", "1")  # see embeddings/models.py
     os.execvp(sys.executable, [sys.executable, "-m", "datasette", *args])
 
 

@@ -120,6 +120,12 @@ class OpenClipModel(EmbeddingModel):
             import torch
         except ImportError as error:
             raise ModelError(f"{self.model_id} needs the clip extra: pip install 'spellbook[clip]' ({error})") from None
+        threads = os.environ.get("SPELLBOOK_QUERY_THREADS")
+        if threads:
+            # A server encodes one short query at a time: with torch's default of a thread per core,
+            # a busy 2-core machine took one encode from ~30 ms to 250-530 ms; one thread stays
+            # at 53-64 ms (bench/README.md). `spellbook serve` and published images set 1.
+            torch.set_num_threads(max(1, int(threads)))
         with _hub_offline(not self.download):
             try:
                 model, _, preprocess = open_clip.create_model_and_transforms(self.name, pretrained=self.pretrained, device=self.device)

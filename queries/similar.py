@@ -20,7 +20,6 @@ from spellbook.queries.search import PROMPTS, RANK_LIMIT, TRAINING, _fetch, _row
 from spellbook.text.fts import match_terms
 
 RRF_K = 60  # reciprocal rank fusion: score = sum of 1 / (RRF_K + rank) over the lists a row is in
-CANDIDATES = 200  # approximate hits re-scored exactly
 LOOKALIKE_SEEDS = 200  # the artist's captioned images whose neighbours are looked at
 LOOKALIKE_NEIGHBOURS = 30
 LOOKALIKE_PROBES = 8  # seeds searched on their own, beside the seeds' centroid
@@ -195,7 +194,8 @@ class Similarity:
     def _search(self, record: ModelRecord, collection: str, vector: np.ndarray, k: int):
         index = self._index(record, collection)
         if index is not None:
-            return index.search(vector, k, rescore=lambda ids: self.store().vectors_by_id(record, ids), candidates=max(CANDIDATES, k))
+            # The index's own number of candidates (300: what its recall was measured with, bench/VECTORS.md).
+            return index.search(vector, k, rescore=lambda ids: self.store().vectors_by_id(record, ids))
         ids, matrix = self._matrix(record, collection)
         if not len(ids):
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
