@@ -26,15 +26,21 @@ _BAD_SORT = b"Cannot sort table by"
 
 
 @lru_cache(maxsize=1)
+def _datasette_templates() -> tuple[str, ...]:
+    """The text of every template of the installed Datasette, read once."""
+    return tuple(path.read_text(encoding="utf-8") for path in resources.files("datasette").joinpath("templates").iterdir()
+                 if path.name.endswith(".html"))
+
+
+@lru_cache(maxsize=1)
 def script_hashes() -> tuple[str, ...]:
     """sha256 of every inline script in the installed Datasette's templates that holds no template
     expression, and of the two forms of the table page's one-line facet flag."""
     texts = set()
-    for path in resources.files("datasette").joinpath("templates").iterdir():
-        if path.name.endswith(".html"):
-            for body in re.findall(r"<script>(.*?)</script>", path.read_text(encoding="utf-8"), re.S):
-                if "{{" not in body and "{%" not in body:
-                    texts.add(body)
+    for template in _datasette_templates():
+        for body in re.findall(r"<script>(.*?)</script>", template, re.S):
+            if "{{" not in body and "{%" not in body:
+                texts.add(body)
     texts.update({"DATASETTE_ALLOW_FACET = true;", "DATASETTE_ALLOW_FACET = false;"})
     from datasette.version import __version__
 
@@ -58,8 +64,7 @@ def _hash(text: str) -> str:
 @lru_cache(maxsize=1)
 def data_scripts() -> bool:
     """Whether the installed Datasette's templates have such scripts (1.0 does, 0.65 does not)."""
-    return any("window._datasette" in path.read_text(encoding="utf-8")
-               for path in resources.files("datasette").joinpath("templates").iterdir() if path.name.endswith(".html"))
+    return any("window._datasette" in template for template in _datasette_templates())
 
 
 def with_nonce(body: bytes) -> tuple[bytes, str]:
@@ -74,11 +79,10 @@ def datasette_event_handlers() -> frozenset[str]:
     """The code of every inline event handler attribute in the installed Datasette's templates that
     holds no template expression."""
     found = set()
-    for path in resources.files("datasette").joinpath("templates").iterdir():
-        if path.name.endswith(".html"):
-            for code in re.findall(r'\son[a-z]+="([^"]*)"', path.read_text(encoding="utf-8")):
-                if "{{" not in code and "{%" not in code:
-                    found.add(code)
+    for template in _datasette_templates():
+        for code in re.findall(r'\son[a-z]+="([^"]*)"', template):
+            if "{{" not in code and "{%" not in code:
+                found.add(code)
     return frozenset(found)
 
 

@@ -35,7 +35,7 @@ import yaml
 from PIL import Image, PngImagePlugin
 
 from spellbook.site import CONFIG
-from tests.conftest import CHROMIUM, CHROMIUM_ARGS, REPO, Server, StandInModel, write_v2
+from tests.conftest import REPO, Server, StandInModel, write_v2
 
 pytestmark = [pytest.mark.pages]
 
@@ -796,20 +796,9 @@ def _summary(findings: BrowserFindings) -> str:
 
 
 @pytest.fixture
-def chromium():
-    """Debian's Chromium, as the `browser` fixture of conftest launches it."""
-    import os
-
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI"):
-            pytest.fail("Chromium is missing in CI: `make test` installs it as root")
-        pytest.skip("Debian's chromium is not installed (make browser-deps)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
+def chromium(browser):
+    """conftest's Chromium (Debian's, launched by its path), under the name these tests use."""
+    return browser
 
 
 @pytest.mark.browser
