@@ -20,7 +20,7 @@ What is served (each step timed, with its peak RSS; cached by rows, seed, model 
 - image vectors for every training row in the vector store beside the link, as `spellbook embed`
   stores training images (collection training_image, item = the row's id, content hash = the row's
   stable key), under the checkpoint's model record (its fingerprint: the sha256 of the weights, what
-  the server checks the loaded model against), int8 by default: bench/vectors.py's Mixture, the same
+  the server checks the loaded model against), float16 by default (the product's stored precision): bench/vectors.py's Mixture, the same
   100,000-row chunks and seeds as its vector file (row i here is row i there); then
   `build_indexes` (exact up to 200,000 vectors, faiss IVF-PQ above).
 
@@ -486,7 +486,7 @@ def main():
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--model", default="ViT-L-14", help="open_clip architecture (random weights)")
-    parser.add_argument("--precision", default="int8", choices=["int8", "float16"], help="the vector store's")
+    parser.add_argument("--precision", default="float16", choices=["int8", "float16"], help="the vector store's")
     parser.add_argument("--start-timeout", type=float, default=120.0)
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable for the server only (e.g. OMP_NUM_THREADS=1, OMP_WAIT_POLICY=PASSIVE); repeatable")

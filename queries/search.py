@@ -33,6 +33,8 @@ PREFIX_WINDOWS = 5  # fewer for prefixes and phrases: each window merges doclist
 COUNT_LIMIT = 100_000  # count exactly up to here; beyond, the count comes from a sample
 BREAKDOWN_SAMPLE = 25_000  # domain breakdown of bigger results: from this many spread matches, scaled
 DOMAIN_SHARE_SAMPLE = 2_000  # matches looked at to estimate a domain's share of a huge result
+WALK_LIMIT = 100_000  # several words each in more rows than this: not walked whole (fts_page)
+PREFIX_TERMS = 64  # a prefix of up to this many indexed words is searched as their OR (expand_prefixes)
 
 @dataclass
 class SearchResult:
@@ -150,12 +152,39 @@ def fetcher(conn, corpus: Corpus, match: str, domain: Domain | None = None, opte
         condition += OPTED_OUT_CONDITION
     sql = f"""SELECT f.rowid FROM {corpus.fts} f {join} WHERE {corpus.fts} MATCH :match{condition}
               AND f.rowid > :after AND f.rowid < :end ORDER BY f.rowid LIMIT :limit"""
+    match = expand_prefixes(conn, corpus, match)
 
     def fetch(start: int, end: int, after: int, limit: int) -> list[int]:
         params = {"match": match, "after": max(after, start - 1), "end": end, "limit": limit, "domain_id": domain.id if domain else None}
         return [rowid for (rowid,) in conn.execute(sql, params)]
 
     return fetch
+
+
+def expand_prefixes(conn, corpus: Corpus, match: str) -> str:
+    """The same query with each one-word prefix ("post"*) written as the OR of the indexed words it
+    stands for, when there are at most PREFIX_TERMS of them.
+
+    FTS5 has no prefix index here: every statement with "post"* first merges the doclists of all
+    the words starting with "post" over the whole table (7-12 ms at 12M rows), so the windows of a
+    spread sample paid that once each. An OR of the words merges lazily and seeks to a rowid like
+    one word (0.3-0.5 ms a window). The words come from fts5vocab, folded as the index folds."""
+    parts = phrases(match)
+    if not any(star for _, star in parts):
+        return match
+    out = []
+    for phrase, star in parts:
+        words = tokens(phrase)
+        if star and len(words) == 1:
+            found = [term for (term,) in conn.execute(
+                f"SELECT term FROM {corpus.vocab} WHERE term >= ? AND term < ? LIMIT ?", (words[0], words[0] + "\U0010ffff", PREFIX_TERMS + 1))]
+            if not found:
+                return match  # nothing starts so: the query as it was (no match), not an empty OR
+            if len(found) <= PREFIX_TERMS:
+                out.append("(" + " OR ".join('"' + term.replace('"', '""') + '"' for term in found) + ")")
+                continue
+        out.append(f'"{phrase}"' + ("*" if star else ""))
+    return " AND ".join(out)
 
 
 def list_fetcher(ids: list[int]):
@@ -207,27 +236,48 @@ def fts_page(conn, corpus: Corpus, q: str, match: str, limit: int, offset: int, 
     known = _subset_ids(conn, corpus, match, domain, opted_out) if (domain is not None or opted_out) else None
     if known is not None:
         fetch = list_fetcher(known)
-    # One walk from the start gives both the count and, for results small enough to order, every match.
-    candidates = fetch(1, rows_total + 1, 0, RANK_LIMIT + 1)
-    if len(candidates) <= RANK_LIMIT:
-        # Shortest text first: there the matched words are most of the caption or prompt. (bm25 would
-        # walk every query term's whole doclist again for its document frequency: 90 ms for
-        # "master of the bambino vispo" at 12M rows, because of "of" and "the".)
-        # One pass orders the candidates and reads the page's rows (a top-N sort, no second lookup).
-        sql = f"""SELECT {corpus.columns}, t.{corpus.text} AS highlighted FROM {corpus.table} t {corpus.joins}
-                  WHERE t.id IN (SELECT value FROM json_each(:ids)) ORDER BY length(t.{corpus.text}), t.id LIMIT :limit OFFSET :offset"""
-        params = {"ids": json.dumps(candidates), "limit": limit, "offset": offset}
-        rows = [_row_dict(corpus, row, description, terms) for row, description in _fetch(conn, sql, params)]
-        return SearchResult(query=q, total=len(candidates), total_exact=True, ranked=True, rows=rows)
-    sample = Windows.over(rows_total, windows_for(match)).sample(fetch, need=offset + limit)
+    # Several words that are each in more than WALK_LIMIT rows ("the white", "s of"): finding whether
+    # they are together in few rows means walking the rarest one's whole doclist (and its positions,
+    # for a phrase): 25-55 ms at 12M rows for a result of a few thousand. Such a search is never
+    # walked whole: the spread windows only as far as the page needs, the total estimated from how
+    # far each window had to go (exact when every window ran out), and never ranked (whether a
+    # sample holds every match depends on the page asked for, and every page must follow one order).
+    common = known is None and domain is None and not opted_out and every_word_common(conn, corpus, match)
+    if not common:
+        # One walk from the start gives both the count and, for results small enough to order, every match.
+        candidates = fetch(1, rows_total + 1, 0, RANK_LIMIT + 1)
+        if len(candidates) <= RANK_LIMIT:
+            # Shortest text first: there the matched words are most of the caption or prompt. (bm25
+            # would walk every query term's whole doclist again for its document frequency: 90 ms
+            # for "master of the bambino vispo" at 12M rows, because of "of" and "the".)
+            # One pass orders the candidates and reads the page's rows (a top-N sort, no second lookup).
+            sql = f"""SELECT {corpus.columns}, t.{corpus.text} AS highlighted FROM {corpus.table} t {corpus.joins}
+                      WHERE t.id IN (SELECT value FROM json_each(:ids)) ORDER BY length(t.{corpus.text}), t.id LIMIT :limit OFFSET :offset"""
+            params = {"ids": json.dumps(candidates), "limit": limit, "offset": offset}
+            rows = [_row_dict(corpus, row, description, terms) for row, description in _fetch(conn, sql, params)]
+            return SearchResult(query=q, total=len(candidates), total_exact=True, ranked=True, rows=rows)
+    windows = Windows.over(rows_total, windows_for(match))
+    sample = windows.sample(fetch, need=offset + limit)
     ids = sample.page(offset, limit)
     if known is not None:  # every match is in hand
         total, exact = len(known), True
     elif sample.complete:  # the result ended within the sample: its size is the exact total
         total, exact = sample.size, True
+    elif common:
+        # More remain (a window did not run out), so never fewer than the sample and one more.
+        bound = min(estimate_matches(conn, match, corpus), rows_total)
+        total, exact = max(sample.size + 1, min(round(windows.estimated_total(sample)), bound)), False
     else:
         total, exact = _total(conn, corpus, match, domain, rows_total, opted_out)
     return SearchResult(query=q, total=total, total_exact=exact, ranked=False, rows=_rows_by_id(conn, corpus, ids, terms))
+
+
+def every_word_common(conn, corpus: Corpus, match: str) -> bool:
+    """Several words (no prefix), each in more than WALK_LIMIT rows."""
+    if is_prefix(match):
+        return False
+    words = [word for phrase, _ in phrases(match) for word in tokens(phrase)]
+    return len(words) > 1 and all(term_docs(conn, corpus, word) > WALK_LIMIT for word in words)
 
 
 def _total(conn, corpus: Corpus, match: str, domain: Domain | None, rows_total: int, opted_out: bool = False) -> tuple[int, bool]:
@@ -251,6 +301,9 @@ def _total(conn, corpus: Corpus, match: str, domain: Domain | None, rows_total: 
         return max(RANK_LIMIT + 1, min(guess, matches, bound)), False
     if is_prefix(match):
         return estimate_matches(conn, match, corpus), False  # a prefix merges many doclists: counting is slow
+    words = [word for phrase, _ in phrases(match) for word in tokens(phrase)]
+    if len(words) == 1:  # one word: its document count is the exact total (no walk)
+        return estimate_matches(conn, match, corpus), True
     matches = count_matches(conn, match, COUNT_LIMIT, corpus)
     if matches <= COUNT_LIMIT:
         return matches, True

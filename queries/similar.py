@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from spellbook.embeddings.store import COLLECTIONS, ModelRecord, StoreError, VectorStore, vectors_path
-from spellbook.queries.search import PROMPTS, RANK_LIMIT, TRAINING, _fetch, _row_dict, fetcher, fts_query, max_id
+from spellbook.queries.search import PROMPTS, RANK_LIMIT, TRAINING, _fetch, _row_dict, every_word_common, fetcher, fts_query, max_id, windows_for
+from spellbook.queries.spread import Windows
 from spellbook.text.fts import match_terms
 
 RRF_K = 60  # reciprocal rank fusion: score = sum of 1 / (RRF_K + rank) over the lists a row is in
@@ -24,6 +25,7 @@ LOOKALIKE_SEEDS = 200  # the artist's captioned images whose neighbours are look
 LOOKALIKE_NEIGHBOURS = 30
 LOOKALIKE_PROBES = 8  # seeds searched on their own, beside the seeds' centroid
 QUERY_CACHE = 512
+ENCODERS = 3  # threads that encode hybrid queries while the words are ranked (as many as Datasette's SQL threads)
 
 
 class SimilarityUnavailable(Exception):
@@ -258,11 +260,16 @@ def fuse(keyword_ids: list[int], similar: list[Hit], limit: int) -> list[Hit]:
 
 def keyword_ranking(conn, corpus, q: str, limit: int) -> list[int]:
     """The keyword side's ranking: matches shortest text first, as the search page orders them
-    (a huge result's first RANK_LIMIT matches in id order, so that its ranking stays bounded)."""
+    (a huge result's first RANK_LIMIT matches in id order, so that its ranking stays bounded; words
+    that are all common, as on the search page, are not walked whole: `limit` matches spread)."""
     match = fts_query(q)
     if match is None:
         return []
-    candidates = fetcher(conn, corpus, match)(1, max_id(conn, corpus) + 1, 0, RANK_LIMIT)
+    fetch, rows_total = fetcher(conn, corpus, match), max_id(conn, corpus)
+    if every_word_common(conn, corpus, match):
+        candidates = Windows.over(rows_total, windows_for(match)).sample(fetch, need=limit).page(0, limit)
+    else:
+        candidates = fetch(1, rows_total + 1, 0, RANK_LIMIT)
     if not candidates:
         return []
     import json
@@ -296,10 +303,17 @@ def search(conn, sim: Similarity, q: str = "", vector: np.ndarray | None = None,
     an image (by_image) with training images or generated images."""
     corpus = TRAINING if target == "training" else PROMPTS
     collection = "training_image" if target == "training" else ("generation_image" if by_image else "generation_prompt")
+    pending = None
+    if mode == "hybrid" and vector is None and q:
+        # The text is encoded on another thread while this one ranks the words: torch and SQLite both
+        # let go of the GIL, so on two cores the keyword side costs no time of its own.
+        pending = _encoder().submit(sim.text_vector, q)
     keyword = keyword_ranking(conn, corpus, q, 100) if q and mode in ("hybrid", "keywords") else []
     similar: list[Hit] = []
     if mode in ("hybrid", "similarity"):
-        if vector is None and q:
+        if pending is not None:
+            vector = pending.result()
+        elif vector is None and q:
             vector = sim.text_vector(q)
         if vector is not None:
             similar = sim.nearest(collection, vector, k=100)
@@ -310,6 +324,20 @@ def search(conn, sim: Similarity, q: str = "", vector: np.ndarray | None = None,
     else:
         hits = fuse(keyword, similar, limit)
     return {"query": q, "mode": mode, "target": target, "rows": rows_for(conn, corpus, hits, q)}
+
+
+_encoders = None
+_encoders_lock = threading.Lock()
+
+
+def _encoder():
+    global _encoders
+    with _encoders_lock:
+        if _encoders is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _encoders = ThreadPoolExecutor(max_workers=ENCODERS, thread_name_prefix="spellbook-encode")
+        return _encoders
 
 
 def more_like(conn, sim: Similarity, target: str, item_id: int, limit: int = 30) -> dict:
@@ -345,9 +373,6 @@ def lookalikes(conn, sim: Similarity, name_match: str, limit: int = 60) -> dict:
     collection). Candidates: the neighbours of the seeds' centroid and of a few seeds (a handful of
     index searches, whatever the number of seeds). Each candidate is then scored exactly by its best
     similarity to any seed, and says which. Similarity is not proof of origin."""
-    from spellbook.queries.search import windows_for
-    from spellbook.queries.spread import Windows
-
     fetch = fetcher(conn, TRAINING, name_match)
     spread = Windows.over(max_id(conn, TRAINING), windows_for(name_match)).sample(fetch, need=LOOKALIKE_SEEDS)
     seeds = sim.store().item_vectors(sim.record(), "training_image", [i for ids in spread.ids for i in ids][: LOOKALIKE_SEEDS * 2])

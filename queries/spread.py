@@ -53,6 +53,14 @@ class Windows:
                 if len(more) < wanted:
                     sample.exhausted[k] = True
 
+    def estimated_total(self, sample: "Sample") -> float:
+        """The result's size from a sample, without counting: windows that ran out count their
+        matches; in the others, the matches per id walked (up to the last one taken) times the window."""
+        total = 0.0
+        for (start, end), ids, done in zip(self.bounds, sample.ids, sample.exhausted):
+            total += len(ids) if done or not ids else len(ids) * (end - start) / (ids[-1] - start + 1)
+        return total
+
 
 @dataclass
 class Sample:
