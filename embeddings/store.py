@@ -323,8 +323,11 @@ class VectorStore:
     def iter_vectors(self, record: ModelRecord, collection: str, batch: int = 50_000, after: int = 0):
         """(vector ids, float32 vectors) in id order, in batches: to build an index."""
         while True:
+            # NOT INDEXED: a walk of the table from `after`. Left to itself, SQLite took the
+            # (model, collection, content_hash) index, read every vector of the collection after
+            # `after` and sorted them, for every batch: quadratic (days at 12M vectors).
             rows = self.conn.execute(
-                "SELECT id, vector FROM vectors WHERE model = ? AND collection = ? AND id > ? ORDER BY id LIMIT ?", (record.id, collection, after, batch)
+                "SELECT id, vector FROM vectors NOT INDEXED WHERE id > ? AND model = ? AND collection = ? ORDER BY id LIMIT ?", (after, record.id, collection, batch)
             ).fetchall()
             if not rows:
                 return
