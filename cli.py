@@ -659,7 +659,8 @@ def serve(dbs, host, port, metadata_path, config_path, local_images, model_name,
         os.environ["SPELLBOOK_RUNNER"] = "1"
         sys.exit(serve_with_worker([sys.executable, "-m", "datasette", *args], [str(db) for db in dbs]))
     os.environ.pop("SPELLBOOK_RUNNER", None)
-    os.environ.setdefault("SPELLBOOK_QUERY_THREADS", "1")  # see embeddings/models.py
+    os.environ.setdefault("SPELLBOOK_QUERY_THREADS", "2")  # see embeddings/models.py
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, by each OpenMP runtime (torch's, faiss's) as it starts
     os.execvp(sys.executable, [sys.executable, "-m", "datasette", *args])
 
 

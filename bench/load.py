@@ -59,10 +59,8 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 from collections import Counter
@@ -222,25 +220,7 @@ def embedded(db: Path, model_dir: Path, vector_rows: int, seed: int):
 # --- the server ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _detached_child() -> None:
-    """In the server's process, before exec: its own process group (stopped as one), and a SIGTERM
-    when this benchmark dies, however it dies (Linux's PR_SET_PDEATHSIG)."""
-    os.setsid()
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        pass
-
-
-class Server:
+class Server(_common.ServedProcess):
     """The published serve command on 127.0.0.1:PORT, in its own process group, its output in a file."""
 
     def __init__(self, db: Path, model_dir: Path, start_timeout: float):
@@ -256,33 +236,14 @@ class Server:
             (folder / "datasette.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         else:
             (folder / "metadata.json").write_text(json.dumps(merged_metadata(site_metadata(), config), indent=1))
-        self.port = free_port()
-        command = serve_command([db.name], config, port=str(self.port))
+        port = _common.free_port()
+        command = serve_command([db.name], config, port=str(port))
         host = command.index("--host")
         assert command[host + 1] == "0.0.0.0", command
         command[host + 1] = "127.0.0.1"  # the only change: loopback, not every interface
-        self.command = command
-        self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "SPELLBOOK_LOCAL_IMAGES", "SPELLBOOK_RUNNER", "SPELLBOOK_PRETRAINED")}
         env.update(PATH=f"{_common.BIN}:{env.get('PATH', '')}", PYTHONUNBUFFERED="1", SPELLBOOK_MODEL=f"local-dir:{model_dir}")
-        self.log = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(command, cwd=folder, env=env, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=_detached_child)
-        self._wait(start_timeout)
-
-    def _wait(self, timeout: float) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited ({self.process.returncode}):\n{self.output()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"the server did not answer within {timeout:.0f}s:\n{self.output()[-3000:]}")
+        super().__init__(command, port, env, start_timeout, cwd=folder)
 
     def pids(self) -> list[int]:
         """The server and its children."""
@@ -328,22 +289,6 @@ class Server:
             except OSError:
                 pass
         return total / ticks
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=15)
 
 
 # --- the mix ------------------------------------------------------------------------------------

@@ -122,9 +122,11 @@ class OpenClipModel(EmbeddingModel):
             raise ModelError(f"{self.model_id} needs the clip extra: pip install 'spellbook[clip]' ({error})") from None
         threads = os.environ.get("SPELLBOOK_QUERY_THREADS")
         if threads:
-            # A server encodes one short query at a time: with torch's default of a thread per core,
-            # a busy 2-core machine took one encode from ~30 ms to 250-530 ms; one thread stays
-            # at 53-64 ms (bench/README.md). `spellbook serve` and published images set 1.
+            # A server encodes one short query at a time, several requests at once. `spellbook serve`
+            # and published images set 2 threads with OMP_WAIT_POLICY=PASSIVE (idle OpenMP threads
+            # sleep instead of spinning): at 12.1M rows hybrid p50 99 ms against 128 ms with one
+            # thread, and better under 3 concurrent clients too; with torch's default spinning
+            # threads a busy 2-core machine took one encode from ~30 ms to 250-530 ms (bench/README.md).
             torch.set_num_threads(max(1, int(threads)))
         with _hub_offline(not self.download):
             try:

@@ -25,7 +25,6 @@ LOOKALIKE_SEEDS = 200  # the artist's captioned images whose neighbours are look
 LOOKALIKE_NEIGHBOURS = 30
 LOOKALIKE_PROBES = 8  # seeds searched on their own, beside the seeds' centroid
 QUERY_CACHE = 512
-ENCODERS = 3  # threads that encode hybrid queries while the words are ranked (as many as Datasette's SQL threads)
 
 
 class SimilarityUnavailable(Exception):
@@ -303,17 +302,10 @@ def search(conn, sim: Similarity, q: str = "", vector: np.ndarray | None = None,
     an image (by_image) with training images or generated images."""
     corpus = TRAINING if target == "training" else PROMPTS
     collection = "training_image" if target == "training" else ("generation_image" if by_image else "generation_prompt")
-    pending = None
-    if mode == "hybrid" and vector is None and q:
-        # The text is encoded on another thread while this one ranks the words: torch and SQLite both
-        # let go of the GIL, so on two cores the keyword side costs no time of its own.
-        pending = _encoder().submit(sim.text_vector, q)
     keyword = keyword_ranking(conn, corpus, q, 100) if q and mode in ("hybrid", "keywords") else []
     similar: list[Hit] = []
     if mode in ("hybrid", "similarity"):
-        if pending is not None:
-            vector = pending.result()
-        elif vector is None and q:
+        if vector is None and q:
             vector = sim.text_vector(q)
         if vector is not None:
             similar = sim.nearest(collection, vector, k=100)
@@ -324,20 +316,6 @@ def search(conn, sim: Similarity, q: str = "", vector: np.ndarray | None = None,
     else:
         hits = fuse(keyword, similar, limit)
     return {"query": q, "mode": mode, "target": target, "rows": rows_for(conn, corpus, hits, q)}
-
-
-_encoders = None
-_encoders_lock = threading.Lock()
-
-
-def _encoder():
-    global _encoders
-    with _encoders_lock:
-        if _encoders is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _encoders = ThreadPoolExecutor(max_workers=ENCODERS, thread_name_prefix="spellbook-encode")
-        return _encoders
 
 
 def more_like(conn, sim: Similarity, target: str, item_id: int, limit: int = 30) -> dict:

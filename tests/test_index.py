@@ -329,3 +329,35 @@ def test_reading_the_vectors_for_a_build_is_one_walk(tmp_path):
     batched, batched_steps = read(50)
     assert whole == batched == sorted(whole) and len(whole) == 4_000
     assert batched_steps < 2 * whole_steps, (batched_steps, whole_steps)
+
+
+def test_a_read_only_store_reads_big_batches_in_parallel_and_the_same(tmp_path):
+    """Re-scoring reads a few hundred scattered vectors; a read-only store reads a batch of
+    PARALLEL_READS_FROM or more on READERS threads, each with its own connection: the same vectors,
+    in the order asked (duplicates too), as the one-connection path."""
+    import threading
+
+    from spellbook.embeddings import store as store_module
+    from spellbook.embeddings.store import VectorStore
+
+    path = tmp_path / "v.db"
+    writer = VectorStore(path)
+    record = writer.model_record(_Identity("a", 8))
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(2_000, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    writer.put(record, "training_image", [(i + 1, i + 1) for i in range(2_000)], {i + 1: v for i, v in enumerate(vectors)})
+    ids = [int(i) for (i,) in writer.conn.execute("SELECT id FROM vectors ORDER BY random() LIMIT 500")]
+    ids += ids[:20]  # asked twice
+    expected = writer.vectors_by_id(record, ids)
+    writer.close()
+    reader = VectorStore(path, readonly=True)
+    before = threading.active_count()
+    got = reader.vectors_by_id(record, ids)
+    assert np.array_equal(got, expected)
+    assert len(reader._reader_conns) > 1 and threading.active_count() > before  # read on several threads
+    assert np.array_equal(reader.vectors_by_id(record, ids[: store_module.PARALLEL_READS_FROM - 1]), expected[: store_module.PARALLEL_READS_FROM - 1])
+    with pytest.raises(KeyError):
+        reader.vectors_by_id(record, ids + [10**9])  # an id that is not there, as before
+    reader.close()
+    assert reader._readers is None and not reader._reader_conns
