@@ -121,6 +121,25 @@ def test_a_tiny_checkpoint_saved_to_disk_loads_back_through_open_clip(tiny_clip,
     assert models.OpenClipModel(f"local-dir:{moved}", None).fingerprint() == model.fingerprint()
 
 
+def test_the_int8_text_tower_is_a_servers_choice_and_close_to_float(tiny_clip, monkeypatch):
+    """SPELLBOOK_QUERY_INT8=1: the text tower's Linear layers quantised (dynamic int8); the same
+    model (fingerprint) and vectors close to the float ones; images are untouched."""
+    import torch
+
+    texts = ["a castle by greg rutkowski", "a red fox in the snow", "portrait, oil on canvas"]
+    float_model = models.OpenClipModel(tiny_clip, None)
+    expected, pictures = float_model.embed_texts(texts), float_model.embed_images([image((255, 0, 0))])
+    monkeypatch.setenv("SPELLBOOK_QUERY_INT8", "1")
+    int8_model = models.OpenClipModel(tiny_clip, None)
+    loaded, _, _ = int8_model.load()
+    assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in loaded.transformer.modules())
+    assert int8_model.fingerprint() == float_model.fingerprint()
+    got = int8_model.embed_texts(texts)
+    assert got.shape == expected.shape and np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
+    assert (got * expected).sum(axis=1).min() > 0.99
+    assert np.allclose(int8_model.embed_images([image((255, 0, 0))]), pictures, atol=1e-5)
+
+
 def test_an_unreachable_pretrained_tag_fails_at_once_and_clearly():
     pytest.importorskip("open_clip")
     model = models.OpenClipModel("ViT-B-32", "laion2b_s34b_b79k")
