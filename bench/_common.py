@@ -152,3 +152,34 @@ class ServedProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=15)
+
+
+def random_clip_checkpoint(model_name: str, seed: int):
+    """A random-weights open_clip model of the real architecture (open_clip's own config,
+    pretrained=None, torch seed `seed`) saved as a checkpoint folder, open_clip_config.json +
+    open_clip_model.safetensors, loadable as local-dir:PATH: bench/cache/clip-<model>-random-<seed>/.
+    Returns (folder, what was done)."""
+    import json
+    import shutil
+
+    folder = CACHE / f"clip-{model_name}-random-{seed}"
+    weights = folder / "open_clip_model.safetensors"
+    if weights.exists():
+        return folder, f"cached ({weights.stat().st_size / 1e9:.2f} GB)"
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    torch.manual_seed(seed)
+    model = open_clip.create_model(model_name, pretrained=None)
+    (partial / "open_clip_config.json").write_text(json.dumps({
+        "model_cfg": open_clip.get_model_config(model_name),
+        "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]},
+    }))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(partial / "open_clip_model.safetensors"))
+    del model
+    partial.rename(folder)
+    return folder, f"built ({weights.stat().st_size / 1e9:.2f} GB)"

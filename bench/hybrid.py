@@ -58,7 +58,6 @@ import random
 import re
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -132,30 +131,6 @@ def linked_database(rows: int, seed: int):
         folder.mkdir()
     os.link(source, link)
     return link, f"linked ({source.name}, {_common.database_bytes(source) / 1e9:.2f} GB)"
-
-
-def checkpoint(model_name: str, seed: int):
-    """A random-weights open_clip model of the real architecture, saved as a checkpoint folder."""
-    folder = CACHE / f"clip-{model_name}-random-{seed}"
-    if (folder / "open_clip_model.safetensors").exists():
-        return folder, f"cached ({(folder / 'open_clip_model.safetensors').stat().st_size / 1e9:.2f} GB)"
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    torch.manual_seed(seed)
-    model = open_clip.create_model(model_name, pretrained=None)
-    (partial / "open_clip_config.json").write_text(json.dumps({
-        "model_cfg": open_clip.get_model_config(model_name),
-        "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]},
-    }))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(partial / "open_clip_model.safetensors"))
-    del model
-    partial.rename(folder)
-    return folder, f"built ({(folder / 'open_clip_model.safetensors').stat().st_size / 1e9:.2f} GB)"
 
 
 class _Identity:
@@ -310,52 +285,21 @@ def draw_queries(db: Path, count: int, seed: int, sample: int = 20_000) -> list[
 # --- the server ---------------------------------------------------------------------------------
 
 
-class Server:
+class Server(_common.ServedProcess):
     """`spellbook serve DB --port P --model local-dir:PATH` in its own process group, output to a file."""
 
     def __init__(self, db: Path, model_dir: Path, start_timeout: float, extra_env: dict[str, str] | None = None):
-        self.port = _common.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [str(_common.BIN / "spellbook"), "serve", str(db), "--port", str(self.port), "--model", f"local-dir:{model_dir}"]
+        port = _common.free_port()
+        command = [str(_common.BIN / "spellbook"), "serve", str(db), "--port", str(port), "--model", f"local-dir:{model_dir}"]
         env = {k: v for k, v in os.environ.items() if k not in ("SPELLBOOK_MODEL", "SPELLBOOK_PRETRAINED", "SPELLBOOK_DEVICE", "SPELLBOOK_RUNNER")}
         env.update(PYTHONUNBUFFERED="1", **(extra_env or {}))
-        self.log = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(self.command, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        self._wait(start_timeout)
-
-    def _wait(self, timeout: float) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"the server exited ({self.process.returncode}):\n{self.output()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise SystemExit(f"the server did not answer within {timeout:.0f}s:\n{self.output()[-3000:]}")
+        try:
+            super().__init__(command, port, env, start_timeout)
+        except RuntimeError as error:
+            raise SystemExit(str(error)) from None
 
     def memory_mb(self) -> tuple[float, float]:
         return _common.peak_rss_mb(self.process.pid)  # `spellbook serve` execs datasette: one process
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=15)
 
 
 def ask(client, q: str, mode: str | None = None) -> tuple[float, dict | None, str]:
@@ -505,7 +449,7 @@ def main():
     log(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     steps = Steps()
     db = steps.run("database", linked_database, args.rows, args.seed)
-    model_dir = steps.run(f"random-weights {args.model} checkpoint", checkpoint, args.model, args.seed)
+    model_dir = steps.run(f"random-weights {args.model} checkpoint", _common.random_clip_checkpoint, args.model, args.seed)
     made = steps.run(f"vectors ({args.precision})", stored_vectors, db, model_dir, args.seed, args.precision)
     index = steps.run("index (build_indexes)", indexes, db)
     picked = steps.run("queries", lambda: (draw_queries(db, args.queries + WARMUP, args.seed), "drawn"))

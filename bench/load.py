@@ -142,30 +142,6 @@ def published(source: Path, fresh: bool):
     return target, f"built ({', '.join(f'{t} {n:,}' for t, n in copy.rows.items())})"
 
 
-def checkpoint(seed: int):
-    """A random-weights open_clip ViT-B-32 saved as a checkpoint folder (open_clip_config.json +
-    open_clip_model.safetensors), loadable as local-dir:PATH."""
-    folder = _common.CACHE / f"clip-{MODEL}-random-{seed}"
-    if (folder / "open_clip_model.safetensors").exists():
-        return folder, "cached"
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    torch.manual_seed(seed)
-    model = open_clip.create_model(MODEL, pretrained=None)
-    (partial / "open_clip_config.json").write_text(json.dumps({
-        "model_cfg": open_clip.get_model_config(MODEL),
-        "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]},
-    }))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(partial / "open_clip_model.safetensors"))
-    partial.rename(folder)
-    return folder, "built"
-
-
 def embedded(db: Path, model_dir: Path, vector_rows: int, seed: int):
     """Image vectors for the first vector_rows training rows, in the store beside the published
     copy, under the checkpoint's model record (as `spellbook embed` stores them); then the index."""
@@ -563,7 +539,7 @@ def main():
     steps = Steps()
     source = steps.run("training + prompts database", combined, args.rows, args.prompt_rows, args.seed)
     db = steps.run("published copy + inspect file", published, source, args.fresh)
-    model_dir = steps.run(f"random-weights {MODEL} checkpoint", checkpoint, args.seed)
+    model_dir = steps.run(f"random-weights {MODEL} checkpoint", _common.random_clip_checkpoint, MODEL, args.seed)
     made = steps.run("vectors + index", embedded, db, model_dir, args.vector_rows, args.seed)
     vocabulary = steps.run("vocabulary", lambda: (Vocabulary(db, args.vector_rows, args.seed), "drawn"))
     mix = draw(vocabulary, db.stem, args.requests, args.seed)
