@@ -660,7 +660,11 @@ def serve(dbs, host, port, metadata_path, config_path, local_images, model_name,
         sys.exit(serve_with_worker([sys.executable, "-m", "datasette", *args], [str(db) for db in dbs]))
     os.environ.pop("SPELLBOOK_RUNNER", None)
     os.environ.setdefault("SPELLBOOK_QUERY_THREADS", "2")  # see embeddings/models.py
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, by each OpenMP runtime (torch's, faiss's) as it starts
+    # Read once by each OpenMP runtime (torch's, faiss's) as it starts: idle threads sleep after a
+    # short spin (GOMP_SPINCOUNT wins over the policy's own count of 0), so the operations of one
+    # encode, microseconds apart, keep their threads awake and idle ones do not spin against searches.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
     os.execvp(sys.executable, [sys.executable, "-m", "datasette", *args])
 
 

@@ -228,7 +228,7 @@ def build_context(databases: list[Path], out: Path, hide_unsafe: float | None = 
         f"RUN pip install --no-cache-dir /wheels/{wheel.name} '{datasette_pin}'\n"
         f"COPY {' '.join(sorted(set(copied)))} inspect.json metadata.json datasette.yaml /app/\n"
         f"ENV PORT={PORT}\n"
-        "ENV SPELLBOOK_QUERY_THREADS=2 OMP_WAIT_POLICY=PASSIVE\n"
+        "ENV SPELLBOOK_QUERY_THREADS=2 OMP_WAIT_POLICY=PASSIVE GOMP_SPINCOUNT=10000\n"
         f"EXPOSE {PORT}\n"
         f'CMD ["sh", "-c", {json.dumps("exec " + shlex.join(command).replace(shlex.quote("${PORT:-8001}"), "${PORT:-8001}"))}]\n'
     )

@@ -123,10 +123,10 @@ class OpenClipModel(EmbeddingModel):
         threads = os.environ.get("SPELLBOOK_QUERY_THREADS")
         if threads:
             # A server encodes one short query at a time, several requests at once. `spellbook serve`
-            # and published images set 2 threads with OMP_WAIT_POLICY=PASSIVE (idle OpenMP threads
-            # sleep instead of spinning): at 12.1M rows hybrid p50 99 ms against 128 ms with one
-            # thread, and better under 3 concurrent clients too; with torch's default spinning
-            # threads a busy 2-core machine took one encode from ~30 ms to 250-530 ms (bench/README.md).
+            # and published images set 2 threads, OMP_WAIT_POLICY=PASSIVE and GOMP_SPINCOUNT=10000
+            # (idle OpenMP threads sleep after a short spin): at 12.1M rows hybrid p50 75 ms against
+            # 128 ms with one thread, and better under 3 concurrent clients too; with torch's default
+            # 3 ms of spinning a busy 2-core machine took one encode from ~30 ms to 250-530 ms.
             torch.set_num_threads(max(1, int(threads)))
         with _hub_offline(not self.download):
             try:

@@ -66,7 +66,7 @@ def test_the_published_copy_holds_no_byte_of_what_was_removed(published):
         assert (out / name).exists(), name
     assert list((out / "wheels").glob("spellbook-*.whl"))
     # Query encoding as `spellbook serve` sets it: two torch threads whose idle OpenMP threads sleep.
-    assert "ENV SPELLBOOK_QUERY_THREADS=2 OMP_WAIT_POLICY=PASSIVE\n" in (out / "Dockerfile").read_text()
+    assert "ENV SPELLBOOK_QUERY_THREADS=2 OMP_WAIT_POLICY=PASSIVE GOMP_SPINCOUNT=10000\n" in (out / "Dockerfile").read_text()
     command = dockerfile_command(out)
     assert command.startswith("datasette serve --immutable") and "--inspect-file inspect.json" in command and "${PORT:-8001}" in command
 
