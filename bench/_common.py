@@ -141,6 +141,15 @@ class ServedProcess:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")
 
+    def close(self) -> None:
+        """Stop it, print its tracebacks (the last 4,000 characters of its output) if it had any,
+        and drop its output file."""
+        self.stop()
+        output = self.output()
+        if "Traceback" in output:
+            print("\n# server log (tracebacks; last 4,000 characters):\n" + output[-4000:])
+        self.log.close()
+
     def stop(self) -> None:
         if self.process.poll() is None:
             try:

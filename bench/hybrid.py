@@ -547,11 +547,7 @@ def main():
                 repeat_ms.append(ms)
     finally:
         if server is not None:
-            server.stop()
-            output = server.output()
-            if "Traceback" in output:
-                print("\n# server log (tracebacks; last 4,000 characters):\n" + output[-4000:])
-            server.log.close()
+            server.close()
         conn.close()
         encoder.shutdown()
 

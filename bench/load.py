@@ -564,11 +564,7 @@ def main():
         stock = run_phase("stock", server, [(k, b) for k, _, b in mix], [(k, b) for k, _, b in warm], args)
     finally:
         if server is not None:
-            server.stop()
-            output = server.output()
-            if "Traceback" in output:
-                print("\n# server log (tracebacks; last 4,000 characters):\n" + output[-4000:])
-            server.log.close()
+            server.close()
 
     report(ours, stock)
     print("\nsetup: " + "; ".join(f"{name} {seconds:.1f}s ({note.split(':')[0]})" for name, (seconds, note) in steps.seconds.items()))
