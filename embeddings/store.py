@@ -172,7 +172,7 @@ class VectorStore:
         if readonly:
             if not self.path.exists():
                 raise StoreError(f"{self.path.name}: no vector store (run `spellbook embed` first)")
-            self.conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False)
+            self.conn = self._open_readonly()
         else:
             self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
             self.conn.execute("PRAGMA journal_mode=WAL")
@@ -181,6 +181,9 @@ class VectorStore:
                 if statement.strip():
                     self.conn.execute(statement)
             self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _open_readonly(self):
+        return sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False)
 
     @classmethod
     def beside(cls, db_path, readonly: bool = False) -> "VectorStore":
@@ -328,7 +331,7 @@ class VectorStore:
         """_select_in on this thread's own read-only connection (a connection runs one statement at a time)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False)
+            conn = self._local.conn = self._open_readonly()
             with _READERS_LOCK:
                 self._reader_conns.append(conn)
         return self._select_in(sql, values, conn=conn)

@@ -276,8 +276,13 @@ def every_word_common(conn, corpus: Corpus, match: str) -> bool:
     """Several words (no prefix), each in more than WALK_LIMIT rows."""
     if is_prefix(match):
         return False
-    words = [word for phrase, _ in phrases(match) for word in tokens(phrase)]
+    words = _words(match)
     return len(words) > 1 and all(term_docs(conn, corpus, word) > WALK_LIMIT for word in words)
+
+
+def _words(match: str) -> list[str]:
+    """Every folded word of a query without prefixes, in order, repeats kept."""
+    return [word for phrase, _ in phrases(match) for word in tokens(phrase)]
 
 
 def _total(conn, corpus: Corpus, match: str, domain: Domain | None, rows_total: int, opted_out: bool = False) -> tuple[int, bool]:
@@ -301,8 +306,7 @@ def _total(conn, corpus: Corpus, match: str, domain: Domain | None, rows_total: 
         return max(RANK_LIMIT + 1, min(guess, matches, bound)), False
     if is_prefix(match):
         return estimate_matches(conn, match, corpus), False  # a prefix merges many doclists: counting is slow
-    words = [word for phrase, _ in phrases(match) for word in tokens(phrase)]
-    if len(words) == 1:  # one word: its document count is the exact total (no walk)
+    if len(_words(match)) == 1:  # one word: its document count is the exact total (no walk)
         return estimate_matches(conn, match, corpus), True
     matches = count_matches(conn, match, COUNT_LIMIT, corpus)
     if matches <= COUNT_LIMIT:

@@ -311,12 +311,14 @@ def search(conn, sim: Similarity, q: str = "", vector: np.ndarray | None = None,
     if mode in ("hybrid", "similarity"):
         if vector is None and q:
             vector = sim.text_vector(q)
-        if vector is not None and words:
-            # The vector side on a thread of its own while this one ranks the words: faiss and
-            # SQLite both let go of the GIL, so on two cores the keyword side costs no time of its own.
-            pending = _vector_side().submit(sim.nearest, collection, vector, 100)
-        elif vector is not None:
-            similar = sim.nearest(collection, vector, k=100)
+        if vector is not None:
+            # With words, the vector side runs on a thread of its own while this one ranks them:
+            # faiss and SQLite both let go of the GIL, so on two cores the keyword side costs no
+            # time of its own.
+            if words:
+                pending = _vector_side().submit(sim.nearest, collection, vector, 100)
+            else:
+                similar = sim.nearest(collection, vector, k=100)
     keyword = keyword_ranking(conn, corpus, q, 100) if words else []
     if pending is not None:
         similar = pending.result()
