@@ -11,6 +11,8 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 DATASETTE ?= datasette==0.65.5
 DATASETTE_1 ?= datasette>=1.0a0,<1.1
 VENV_1 := .venv-datasette1
+# A run writes up to ~1 GB of temporary files: say so first when the disk is nearly full.
+DISK_CHECK = @df -Pk . "$${TMPDIR:-/tmp}" | awk 'NR > 1 && $$4 < 2097152 && !seen[$$6]++ {print "warning: only " int($$4 / 1024) " MB free on " $$6 "; a test run writes up to ~1 GB of temporary files"}'
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-serve demo demo-db test test-datasette-1 browser-deps bench clean
@@ -50,6 +52,7 @@ browser-deps: ## Debian's Chromium for the browser tests (installed when running
 	fi
 
 test: install browser-deps ## Install everything and run the whole test suite (on Datasette 0.65)
+	$(DISK_CHECK)
 	$(BIN)/python -m pytest -p no:cacheprovider -q
 
 $(VENV_1)/.installed: pyproject.toml
@@ -60,6 +63,7 @@ $(VENV_1)/.installed: pyproject.toml
 
 test-datasette-1: $(VENV_1)/.installed browser-deps ## Run the page tests on the latest Datasette 1.0 alpha, in its own venv (.venv-datasette1)
 	@$(VENV_1)/bin/python -c "import importlib.metadata as m; print('Datasette', m.version('datasette'))"
+	$(DISK_CHECK)
 	$(VENV_1)/bin/python -m pytest -p no:cacheprovider -q -m pages
 
 bench: install ## Run the benchmarks (ingest 1M rows, ROWS=12096835 for full size; search and prompts at 12.1M)

@@ -6,11 +6,12 @@ that very module, or the two would disagree about what the file can do.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlite_utils.utils import sqlite3  # the module sqlite-utils picked: pysqlite3 where installed
 
-__all__ = ["sqlite3", "connect", "connect_readonly"]
+__all__ = ["sqlite3", "connect", "connect_readonly", "transaction"]
 
 
 def connect(path: str | Path, cache_mb: int = 256) -> "sqlite3.Connection":
@@ -33,3 +34,21 @@ def connect_readonly(path: str | Path) -> "sqlite3.Connection":
     """A connection that cannot write, for benchmarks and reports."""
     uri = Path(path).resolve().as_uri() + "?mode=ro"
     return sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+
+@contextmanager
+def transaction(conn, begin: str = "BEGIN IMMEDIATE"):
+    """One transaction on an autocommit connection: committed when the block ends, rolled back if it raises.
+
+    A write or COMMIT that fails for want of space or on an I/O error (SQLITE_FULL, SQLITE_IOERR) may
+    already have rolled the transaction back; a ROLLBACK then would fail too ("no transaction is
+    active") and hide the error that says why, so it is only sent while a transaction is open.
+    """
+    conn.execute(begin)
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise

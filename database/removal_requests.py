@@ -19,7 +19,7 @@ import secrets
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from spellbook.database.connect import sqlite3
+from spellbook.database.connect import sqlite3, transaction
 
 KINDS = ("url", "key", "domain")
 STATUSES = ("pending", "applied", "rejected")
@@ -102,16 +102,11 @@ def open_requests_db(path: str | Path, busy_timeout_ms: int = CLI_BUSY_TIMEOUT_M
             conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         if conn.execute("SELECT count(*) FROM sqlite_master WHERE name IN ('removal_requests', 'removal_requests_meta')").fetchone()[0] < 2:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(conn):
                 for statement in SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute("INSERT OR IGNORE INTO removal_requests_meta(name, value) VALUES ('client_key', ?)", (secrets.token_hex(32),))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
     except sqlite3.OperationalError as error:
         conn.close()
         raise _busy(error) from None
@@ -175,8 +170,7 @@ def add_request(path, kind: str, value: str, reason: str, contact: str | None = 
     try:
         now = _now()
         client = client_hash(conn, client_address)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             recent = [row[0] for row in conn.execute(
                 "SELECT created_at FROM removal_requests WHERE client = ? AND created_at > ? ORDER BY created_at",
                 (client, _iso(now - timedelta(hours=1))))]
@@ -189,11 +183,6 @@ def add_request(path, kind: str, value: str, reason: str, contact: str | None = 
                 "INSERT INTO removal_requests(created_at, kind, value, reason, contact, client) VALUES (?, ?, ?, ?, ?, ?)",
                 (_iso(now), fields["kind"], fields["value"], fields["reason"], fields["contact"], client),
             ).lastrowid
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         return _get(conn, request_id)
     except sqlite3.OperationalError as error:
         raise _busy(error) from None
@@ -234,18 +223,12 @@ def decide(path, request_id: int, status: str, by: str | None = None, rows_remov
         raise InvalidRequest("status", "a request is applied or rejected")
     conn = open_requests_db(path)
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             request = _get(conn, int(request_id))
             if request["status"] != "pending":
                 raise RequestError(f"Removal request {request_id} was already {request['status']} ({request['decided_at']})")
             conn.execute("UPDATE removal_requests SET status = ?, decided_at = ?, decided_by = ?, rows_removed = ? WHERE id = ?",
                          (status, _iso(_now()), by, rows_removed, request["id"]))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         return _get(conn, int(request_id))
     finally:
         conn.close()

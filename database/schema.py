@@ -5,6 +5,8 @@ so opening an old database upgrades it and opening a current one does nothing.
 """
 from __future__ import annotations
 
+from spellbook.database.connect import transaction
+
 # FTS5 folds case and diacritics ("Stalenhag" finds "Stålenhag"); detail=full keeps phrase queries.
 # columnsize=0 saves ~10 bytes a row; bm25 then re-tokenizes the rows it ranks (at most RANK_LIMIT).
 FTS_TOKENIZE = "unicode61 remove_diacritics 2"
@@ -335,15 +337,10 @@ MIGRATIONS = [_migration_1_training_side, _migration_2_prompt_side, _migration_3
 
 def refresh_term_counts(conn, fts: str, vocab: str) -> int:
     """Recount the frequent terms of one FTS index (a walk of the whole index: ~2 s at 12M rows)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         conn.execute(f"DELETE FROM {TERM_COUNTS} WHERE fts = ?", (fts,))
         conn.execute(f"INSERT INTO {TERM_COUNTS}(fts, term, doc) SELECT ?, term, doc FROM {vocab} WHERE doc >= ?", (fts, FREQUENT_TERM_DOCS))
         count = conn.execute(f"SELECT count(*) FROM {TERM_COUNTS} WHERE fts = ?", (fts,)).fetchone()[0]
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return count
 
 
@@ -357,11 +354,6 @@ def ensure_schema(conn) -> None:
     for number, migration in enumerate(MIGRATIONS, start=1):
         if number <= current:
             continue
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             migration(conn)
             conn.execute(f"PRAGMA user_version = {number}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spellbook.database.connect import sqlite3
+from spellbook.database.connect import sqlite3, transaction
 
 COLLECTIONS = {
     # name: (table of the items, modality of the vectors)
@@ -242,8 +242,7 @@ class VectorStore:
     def put(self, record: ModelRecord, collection: str, items: list[tuple[int, int]], vectors: dict[int, np.ndarray]) -> int:
         """One transaction: new vectors (content hash -> vector) and the links of items (item id,
         content hash) to them. Returns how many vectors were new."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self.conn):
             hashes = list(vectors)
             blobs = encode(np.stack([vectors[h] for h in hashes]), record.precision) if hashes else []
             self.conn.executemany(
@@ -255,10 +254,6 @@ class VectorStore:
                    SELECT ?, ?, id FROM vectors WHERE model = ? AND collection = ? AND content_hash = ?""",
                 [(collection, item_id, record.id, collection, h) for item_id, h in items],
             )
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
         return len(hashes)
 
     def remove_items(self, collections, item_ids) -> dict[tuple[int, str], list[int]]:
@@ -266,8 +261,7 @@ class VectorStore:
         Returns the deleted vector ids by (model, collection), for the indexes to drop too."""
         item_ids = [int(i) for i in item_ids]
         orphans: dict[tuple[int, str], list[int]] = {}
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self.conn):
             for collection in collections:
                 vectors = [v for (v,) in self._select_in(
                     f"SELECT DISTINCT vector FROM vector_items WHERE collection = '{_checked(collection)}' AND item_id IN ({{marks}})", item_ids)]
@@ -277,10 +271,6 @@ class VectorStore:
                 for model, vector_id in self._select_in("SELECT model, id FROM vectors WHERE id IN ({marks})", gone):
                     orphans.setdefault((model, collection), []).append(vector_id)
                 self._delete_in("DELETE FROM vectors WHERE id IN ({marks})", gone)
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
         return orphans
 
     def _delete_in(self, sql: str, values: list, chunk: int = 900) -> None:

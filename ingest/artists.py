@@ -5,6 +5,7 @@ Prompt side: how many prompts carry the name as an artist keyword (spellbook.tex
 """
 from __future__ import annotations
 
+from spellbook.database.connect import transaction
 from spellbook.database.schema import TRAINING_FTS
 from spellbook.text.fts import fts_query
 from spellbook.text.keywords import vocabulary_names
@@ -32,12 +33,7 @@ def refresh_artists(conn) -> int:
     for name in sorted(names):
         keyword_id, prompt_count = prompt_side.get(name, (None, 0))
         rows.append((name, keyword_id, training_count(conn, name), prompt_count))
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         conn.execute("DELETE FROM artists")
         conn.executemany("INSERT INTO artists(name, keyword_id, training_count, prompt_count) VALUES (?, ?, ?, ?)", rows)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return len(rows)

@@ -648,17 +648,33 @@ def _ingest(db_path: Path, sources, target_class, batch_size: int, progress: boo
                     "it carries on where it stopped.",
                 )
             if any(not f.error for f in summary.files):
-                from spellbook.ingest.artists import refresh_artists
-
                 started_refresh = time.perf_counter()
-                schema.refresh_term_counts(conn, target.fts, target.vocab)
-                summary.artists = refresh_artists(conn)
+                summary.artists = refresh_counts(conn, db_path, target.fts, target.vocab)
                 summary.artist_seconds = time.perf_counter() - started_refresh
             conn.execute("PRAGMA optimize")
         finally:
             conn.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def refresh_counts(conn, db_path, fts: str, vocab: str) -> int:
+    """After an ingest: the index's frequent-word counts, then the artists' table. Returns the artists.
+
+    Out of space here, every row is already in: the error says so, and the next run redoes this."""
+    from spellbook.ingest.artists import refresh_artists
+
+    try:
+        schema.refresh_term_counts(conn, fts, vocab)
+        return refresh_artists(conn)
+    except Exception as error:
+        if not _out_of_storage(error):
+            raise
+        raise InputError(
+            db_path,
+            f"cannot write the database ({error}; is the disk full?). Every row is in; the word counts and the "
+            "artists' table were left as they were. Free some space and run the same command again: it brings them up to date.",
+        ) from None
 
 
 def _out_of_storage(error: BaseException) -> bool:

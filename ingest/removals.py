@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from spellbook.database import schema
-from spellbook.database.connect import connect
+from spellbook.database.connect import connect, transaction
 from spellbook.ingest.keys import stable_keys
 from spellbook.ingest.records import InputError
 
@@ -134,8 +134,7 @@ def remove(db_path, kind: str, values, reason: str, item: str = "training_image"
         conn = connect(db_path)
         try:
             schema.ensure_schema(conn)
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(conn):
                 ids = sorted(set(_targets(conn, item, kind, values)))
                 removal = conn.execute(
                     "INSERT INTO removals(kind, value, reason, requested_by, rows_removed, created_at) VALUES (?, ?, ?, ?, 0, ?)",
@@ -143,10 +142,6 @@ def remove(db_path, kind: str, values, reason: str, item: str = "training_image"
                 ).lastrowid
                 count = (_delete_training if item == "training_image" else _delete_generations)(conn, ids, removal)
                 conn.execute("UPDATE removals SET rows_removed = ? WHERE id = ?", (count, removal))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             vectors = _remove_vectors(db_path, item, ids) if ids else 0
             _refresh_counts(conn, item)
         finally:

@@ -12,6 +12,7 @@ import os
 import socket
 from dataclasses import dataclass
 
+from spellbook.database.connect import transaction
 from spellbook.runner.store import RunnerStore, utc_now
 
 LEASE_SECONDS = 120.0  # a worker silent this long is taken for dead (a step of SDXL at 2048px on a CPU is far shorter)
@@ -133,8 +134,7 @@ class JobQueue:
     def reap(self) -> list[int]:
         """Running jobs whose worker went silent: back to the queue, or failed after max_attempts."""
         now = self.now()
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self.conn):
             expired = self.conn.execute(
                 "SELECT id, attempts, max_attempts, worker FROM jobs WHERE status = 'running' AND lease_expires_at < ?", (now,)
             ).fetchall()
@@ -150,31 +150,21 @@ class JobQueue:
                         "message = ? WHERE id = ?",
                         (f"retrying: the worker stopped during attempt {attempts}", job_id),
                     )
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
         return [row[0] for row in expired]
 
     def claim(self, worker: str | None = None) -> Job | None:
         """The oldest queued job, now running under this worker's lease (or None)."""
         self.reap()
         now = self.now()
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self.conn):
             row = self.conn.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1").fetchone()
             if row is None:
-                self.conn.execute("COMMIT")
                 return None
             self.conn.execute(
                 """UPDATE jobs SET status = 'running', attempts = attempts + 1, worker = ?, started_at = ?, heartbeat_at = ?,
                    lease_expires_at = ?, progress = 0, message = 'starting' WHERE id = ?""",
                 (worker or worker_name(), utc_now(), now, now + self.lease_seconds, row[0]),
             )
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
         return self.get(row[0])
 
     def heartbeat(self, job_id: int, worker: str | None = None, progress: float | None = None, step: int | None = None,

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 
+from spellbook.database.connect import transaction
 from spellbook.runner.pipelines import DEFAULT_SIZE, LoadedModel, RunnerError, load_model
 from spellbook.runner.prompts import ParsedPrompt, parse_prompt
 from spellbook.runner.samplers import SamplerPlan, build_scheduler, plan_sampler, scheduler_config
@@ -704,17 +705,12 @@ class Runner:
         self.out.mkdir(parents=True, exist_ok=True)
         text = self._infotext(loaded, plan, loras, embeddings, noise_device)
         conn = self.store.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             regeneration_id = self.store.add_regeneration(record)
             path = self.out / f"regeneration-{regeneration_id:06d}.png"
             save_png(image, path, text)
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             conn.execute("UPDATE regenerations SET image_path = ?, image_sha256 = ? WHERE id = ?", (str(path), digest, regeneration_id))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         record.update({"id": regeneration_id, "image_path": str(path), "image_sha256": digest, "sampler_a1111": plan.sampler.a1111_name,
                        "schedule_label": plan.sampler.schedule_label})
         return Result(plan.generation_id, regeneration_id, str(path), record)

@@ -12,7 +12,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from spellbook.database.connect import sqlite3
+from spellbook.database.connect import sqlite3, transaction
 
 SCHEMA_VERSION = 1
 
@@ -122,8 +122,7 @@ class RunnerStore:
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA busy_timeout=30000")
         if self.conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(self.conn):
                 statement = ""
                 for line in _SCHEMA.splitlines(keepends=True):
                     statement += line
@@ -131,10 +130,6 @@ class RunnerStore:
                         self.conn.execute(statement)
                         statement = ""
                 self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                self.conn.execute("COMMIT")
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
 
     @classmethod
     def beside(cls, db_path, **options) -> "RunnerStore":

@@ -169,6 +169,67 @@ def test_the_disk_filling_up_during_an_ingest_loses_nothing_and_a_rerun_complete
     assert ingest_with_room(db, second, None).returncode == 0 and counts(db)[1] == 120_000  # and again is a no-op
 
 
+def _full_at_the_next_page(conn) -> None:
+    """No page past the file's present size: the next write that grows it fails with SQLITE_FULL,
+    as on a full disk (SQLite rolls the transaction back itself)."""
+    conn.execute(f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0]}")
+
+
+def test_a_failed_write_says_the_disk_is_full_not_that_there_was_nothing_to_roll_back(tmp_path):
+    """Regression: a CI run on a full disk printed "cannot rollback - no transaction is active" (the
+    ROLLBACK sent after SQLite had already rolled back) instead of "database or disk is full"."""
+    from spellbook.database.connect import connect, transaction
+
+    conn = connect(tmp_path / "small.db")
+    conn.execute("CREATE TABLE t(x)")
+    with transaction(conn):
+        conn.execute("INSERT INTO t VALUES ('kept')")
+    _full_at_the_next_page(conn)
+    with pytest.raises(Exception, match="database or disk is full"):
+        with transaction(conn):
+            conn.executemany("INSERT INTO t VALUES (?)", [("x" * 4000,)] * 100)
+    assert not conn.in_transaction and conn.execute("SELECT x FROM t").fetchall() == [("kept",)]
+    with pytest.raises(ValueError, match="mine"):  # an error of the block's own rolls back as before
+        with transaction(conn):
+            conn.execute("DELETE FROM t")
+            raise ValueError("mine")
+    assert conn.execute("SELECT x FROM t").fetchall() == [("kept",)]
+    conn.close()
+
+
+def test_the_disk_filling_up_while_counting_artists_says_so_and_a_rerun_counts_them(built_db, parquets, tmp_path):
+    """Regression: the same CI run, one step later: the artists' recount after an ingest."""
+    from spellbook.database.connect import connect
+    from spellbook.database.schema import TRAINING_FTS, TRAINING_FTS_VOCAB
+    from spellbook.ingest.artists import refresh_artists
+
+    db = tmp_path / "counted.db"
+    shutil.copy(built_db, db)
+    conn = connect(db)
+    artists = conn.execute("SELECT name, training_count FROM artists ORDER BY name").fetchall()
+    assert artists and any(count for _, count in artists)
+    conn.execute("DELETE FROM artists")
+    conn.execute("VACUUM")  # no free pages left: the recount must grow the file
+    _full_at_the_next_page(conn)
+    with pytest.raises(Exception, match="database or disk is full"):
+        refresh_artists(conn)
+    from spellbook.ingest.load import InputError, refresh_counts  # what `spellbook ingest` prints of it
+
+    with pytest.raises(InputError, match="is the disk full") as raised:
+        refresh_counts(conn, db, TRAINING_FTS, TRAINING_FTS_VOCAB)
+    assert str(db) in str(raised.value) and "Every row is in" in str(raised.value) and "run the same command again" in str(raised.value)
+    assert not conn.in_transaction and conn.execute("SELECT count(*) FROM artists").fetchone()[0] == 0
+    conn.close()
+
+    again = ingest_with_room(db, parquets[1], None)  # nothing new to load: the counts are brought up to date
+    assert again.returncode == 0, again.stderr
+    conn = connect(db)
+    try:
+        assert conn.execute("SELECT name, training_count FROM artists ORDER BY name").fetchall() == artists
+    finally:
+        conn.close()
+
+
 # --- a corrupted or missing vector index ------------------------------------------------------------
 
 
