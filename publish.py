@@ -26,7 +26,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spellbook.database.connect import connect, sqlite3
+from spellbook.database.connect import connect, sqlite3, transaction
 from spellbook.site import datasette_1, default_config, merged_metadata, setting_value, site_metadata
 
 PORT = 8001
@@ -124,10 +124,9 @@ def published_copy(source: Path, target: Path, hide_unsafe: float | None = None)
     conn = connect(target)
     try:
         schema.ensure_schema(conn)
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("UPDATE generations SET image_path = NULL, image_root_id = NULL WHERE image_path IS NOT NULL")
-        conn.execute("DELETE FROM image_roots")
-        conn.execute("COMMIT")
+        with transaction(conn):
+            conn.execute("UPDATE generations SET image_path = NULL, image_root_id = NULL WHERE image_path IS NOT NULL")
+            conn.execute("DELETE FROM image_roots")
         # A removed row's FTS entry was deleted, but its words stay in older segments until they
         # merge: rebuilding writes the index afresh from the rows that remain.
         for fts in (schema.TRAINING_FTS, schema.GENERATIONS_FTS):

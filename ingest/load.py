@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from spellbook.database import schema
-from spellbook.database.connect import connect
+from spellbook.database.connect import connect, transaction
 from spellbook.ingest.domains import registered_domains
 from spellbook.ingest.keys import file_sha256, stable_key, stable_keys
 from spellbook.ingest.records import InputError, Rejection
@@ -424,22 +424,21 @@ def _register_dataset(conn, path: Path, source, target, sha256: str, options: st
     if row is not None and row[3] == version:
         return row[0], row[1], row[2]
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    conn.execute("BEGIN IMMEDIATE")
-    if row is not None:  # same file, other options (e.g. --min-aesthetic): read it again
-        # Read from the start: every counter starts again, or they would add up run after run.
-        conn.execute(
-            """UPDATE datasets SET schema_version = ?, status = 'loading', rows_read = 0, inserted = 0, already_present = 0,
-               rejected = 0, filtered = 0, ingested_at = ? WHERE id = ?""",
-            (version, now, row[0]),
-        )
-        dataset_id = row[0]
-    else:
-        dataset_id = conn.execute(
-            """INSERT INTO datasets(file_name, sha256, kind, schema_version, synthetic, row_count, status, ingested_at)
-               VALUES (?, ?, ?, ?, ?, ?, 'loading', ?)""",
-            (path.name, sha256, target.kind, version, int(getattr(source, "synthetic", False)), source.num_rows, now),
-        ).lastrowid
-    conn.execute("COMMIT")
+    with transaction(conn):
+        if row is not None:  # same file, other options (e.g. --min-aesthetic): read it again
+            # Read from the start: every counter starts again, or they would add up run after run.
+            conn.execute(
+                """UPDATE datasets SET schema_version = ?, status = 'loading', rows_read = 0, inserted = 0, already_present = 0,
+                   rejected = 0, filtered = 0, ingested_at = ? WHERE id = ?""",
+                (version, now, row[0]),
+            )
+            dataset_id = row[0]
+        else:
+            dataset_id = conn.execute(
+                """INSERT INTO datasets(file_name, sha256, kind, schema_version, synthetic, row_count, status, ingested_at)
+                   VALUES (?, ?, ?, ?, ?, ?, 'loading', ?)""",
+                (path.name, sha256, target.kind, version, int(getattr(source, "synthetic", False)), source.num_rows, now),
+            ).lastrowid
     return dataset_id, "loading", 0
 
 
@@ -449,32 +448,29 @@ def _write_batch(conn, target, known: KnownKeys, batch: "PreparedBatch", dataset
     Rows whose key is known (or repeated inside the batch) are skipped; new rows get the ids after
     the previous maximum, so "id > last_id" is exactly this batch's new rows.
     """
-    conn.execute("BEGIN IMMEDIATE")
     new_keys = None
     try:
-        inserted = 0
-        if batch.accepted:
-            new = known.new(batch.data["keys"])
-            new_keys = np.asarray(batch.data["keys"], dtype=np.int64)[new]
-            present_ids = known.ids_of(batch.data["keys"]) if known.ids is not None else None
-            last_id = conn.execute(f"SELECT coalesce(max(id), 0) FROM {target.table}").fetchone()[0]
-            if len(new_keys):
-                conn.executemany(sql["insert"], itertools.compress(target.rows(batch.data, dataset_id), new))
-                inserted = len(new_keys)
-                conn.execute(sql["fts"], (last_id,))
-                target.after_insert(last_id, batch.data)
-            if present_ids is not None:
-                target.update_present(present_ids, batch.data)
-        summary.add(batch, inserted)
-        conn.execute(
-            """UPDATE datasets SET rows_read = rows_read + ?, inserted = inserted + ?, already_present = already_present + ?,
-               rejected = rejected + ?, filtered = filtered + ? WHERE id = ?""",
-            (batch.rows_read, inserted, batch.accepted - inserted, len(batch.rejected), batch.filtered, dataset_id),
-        )
-        conn.execute("COMMIT")
+        with transaction(conn):
+            inserted = 0
+            if batch.accepted:
+                new = known.new(batch.data["keys"])
+                new_keys = np.asarray(batch.data["keys"], dtype=np.int64)[new]
+                present_ids = known.ids_of(batch.data["keys"]) if known.ids is not None else None
+                last_id = conn.execute(f"SELECT coalesce(max(id), 0) FROM {target.table}").fetchone()[0]
+                if len(new_keys):
+                    conn.executemany(sql["insert"], itertools.compress(target.rows(batch.data, dataset_id), new))
+                    inserted = len(new_keys)
+                    conn.execute(sql["fts"], (last_id,))
+                    target.after_insert(last_id, batch.data)
+                if present_ids is not None:
+                    target.update_present(present_ids, batch.data)
+            summary.add(batch, inserted)
+            conn.execute(
+                """UPDATE datasets SET rows_read = rows_read + ?, inserted = inserted + ?, already_present = already_present + ?,
+                   rejected = rejected + ?, filtered = filtered + ? WHERE id = ?""",
+                (batch.rows_read, inserted, batch.accepted - inserted, len(batch.rejected), batch.filtered, dataset_id),
+            )
     except BaseException:
-        if conn.in_transaction:  # a failed COMMIT (disk full, I/O error) has already rolled back
-            conn.execute("ROLLBACK")
         target.forget_uncommitted()
         raise
     if new_keys is not None:

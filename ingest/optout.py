@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 from urllib.parse import urlsplit
 
-from spellbook.database.connect import connect
+from spellbook.database.connect import connect, transaction
 from spellbook.database.schema import ensure_schema
 from spellbook.embeddings.fetch import USER_AGENT, FetchLimits, FetchResult, fetch_images
 from spellbook.ingest.records import InputError
@@ -373,9 +373,8 @@ def check_optout(
         if spawning is not None:
             summary.spawning = len(spawning)
         sites = _Sites(conn, limits, max_age_days)
-        conn.execute("BEGIN IMMEDIATE")
-        summary.origins = sites.load(o for o in (origin_of(url) for _, url in rows) if o)
-        conn.execute("COMMIT")
+        with transaction(conn):
+            summary.origins = sites.load(o for o in (origin_of(url) for _, url in rows) if o)
         urls = dict(rows)
         header_limits = FetchLimits(**{**_limit_fields(limits), "read": "headers"})
         pending = 0
