@@ -637,7 +637,7 @@ def serve(dbs, host, port, metadata_path, config_path, local_images, model_name,
     """
     import os
 
-    from spellbook.site import datasette_args
+    from spellbook.site import SERVER_ENV, datasette_args
 
     args = datasette_args(*dbs, metadata_path=metadata_path, config_path=config_path) + ["--host", host, "--port", str(port)]
     if local_images:
@@ -659,12 +659,8 @@ def serve(dbs, host, port, metadata_path, config_path, local_images, model_name,
         os.environ["SPELLBOOK_RUNNER"] = "1"
         sys.exit(serve_with_worker([sys.executable, "-m", "datasette", *args], [str(db) for db in dbs]))
     os.environ.pop("SPELLBOOK_RUNNER", None)
-    os.environ.setdefault("SPELLBOOK_QUERY_THREADS", "2")  # see embeddings/models.py
-    # Read once by each OpenMP runtime (torch's, faiss's) as it starts: idle threads sleep after a
-    # short spin (GOMP_SPINCOUNT wins over the policy's own count of 0), so the operations of one
-    # encode, microseconds apart, keep their threads awake and idle ones do not spin against searches.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+    for name, value in SERVER_ENV.items():
+        os.environ.setdefault(name, value)
     os.execvp(sys.executable, [sys.executable, "-m", "datasette", *args])
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spellbook.database.connect import connect, sqlite3, transaction
-from spellbook.site import datasette_1, default_config, merged_metadata, setting_value, site_metadata
+from spellbook.site import SERVER_ENV, datasette_1, default_config, merged_metadata, setting_value, site_metadata
 
 PORT = 8001
 HOSTED_SETTINGS = {
@@ -227,7 +227,7 @@ def build_context(databases: list[Path], out: Path, hide_unsafe: float | None = 
         f"RUN pip install --no-cache-dir /wheels/{wheel.name} '{datasette_pin}'\n"
         f"COPY {' '.join(sorted(set(copied)))} inspect.json metadata.json datasette.yaml /app/\n"
         f"ENV PORT={PORT}\n"
-        "ENV SPELLBOOK_QUERY_THREADS=2 OMP_WAIT_POLICY=PASSIVE GOMP_SPINCOUNT=10000\n"
+        f"ENV {' '.join(f'{name}={value}' for name, value in SERVER_ENV.items())}\n"
         f"EXPOSE {PORT}\n"
         f'CMD ["sh", "-c", {json.dumps("exec " + shlex.join(command).replace(shlex.quote("${PORT:-8001}"), "${PORT:-8001}"))}]\n'
     )

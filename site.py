@@ -20,6 +20,12 @@ from pathlib import Path
 PACKAGE = resources.files("spellbook")
 METADATA = Path(str(PACKAGE / "metadata.yml"))
 CONFIG = Path(str(PACKAGE / "datasette.yaml"))
+# How a server encodes its queries, set by `spellbook serve` (unless already set) and in a published
+# image's Dockerfile: two torch threads (see embeddings/models.py); OpenMP runtimes (torch's, faiss's)
+# read the other two once as they start: idle threads sleep after a short spin (GOMP_SPINCOUNT wins
+# over the policy's own count of 0), so the operations of one encode, microseconds apart, keep their
+# threads awake and idle ones do not spin against searches.
+SERVER_ENV = {"SPELLBOOK_QUERY_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "10000"}
 
 
 @lru_cache(maxsize=1)

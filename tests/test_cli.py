@@ -55,6 +55,26 @@ def test_serve_builds_the_datasette_command(tmp_path):
     assert "--plugins-dir" not in args and "--template-dir" not in args and "--static" not in args
 
 
+def test_serve_encodes_queries_as_the_published_image_does(training_db):
+    """`spellbook serve` hands the server SERVER_ENV (the Dockerfile writes the same), and a value
+    the user set already is kept. Read from the served process's own environment."""
+    import os
+    from pathlib import Path
+
+    from spellbook.site import SERVER_ENV
+    from tests.conftest import Server
+
+    env = {name: value for name, value in os.environ.items() if name not in SERVER_ENV}
+    server = Server(training_db, env={**env, "SPELLBOOK_QUERY_THREADS": "3"})
+    try:
+        raw = Path(f"/proc/{server.process.pid}/environ").read_bytes()  # execvp keeps the pid
+        served = dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+    finally:
+        server.stop()
+    assert {name: served.get(name) for name in SERVER_ENV} == {**SERVER_ENV, "SPELLBOOK_QUERY_THREADS": "3"}
+    assert SERVER_ENV == {"SPELLBOOK_QUERY_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "10000"}
+
+
 def test_format_choices_are_the_registry():
     from spellbook.ingest.readers import FORMATS
 
